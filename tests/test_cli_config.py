@@ -1,0 +1,151 @@
+"""The command line as a user meets it: --help, --cfg job, and bad input refused in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_lem(args: list[str], cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "lem", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+# (overrides, the text the one-line error must contain)
+BAD_CONFIGS: list[tuple[list[str], str]] = [
+    (["batching=foo"], "batching=foo: expected one of dynamic, sorted_dynamic, sorted_static, static"),
+    (["backend=tensorflow"], "backend=tensorflow: expected one of"),
+    (["batching.foo=1"], "batching.foo=1: unknown key; batching has: strategy, batch_size"),
+    (["+batching.foo=1"], "batching.foo=1: unknown key"),
+    (["foo=bar"], "foo=bar: unknown key"),
+    (["batching.batch_size=abc"], "batching.batch_size=abc: expected an integer"),
+    (["batching.batch_size=0"], "batching.batch_size=0: expected a number >= 1"),
+    (["batching.batch_size=-3"], "batching.batch_size=-3: expected a number >= 1"),
+    (["batching.strategy=weird"], "batching.strategy=weird: expected one of static, sorted_static, dynamic, sorted_dynamic"),
+    (["batching=dynamic", "batching.max_tokens_per_batch=10"], "batching.max_tokens_per_batch=10: expected room for at least one request"),
+    (["batching.max_tokens_per_batch=4096"], "batching.max_tokens_per_batch=4096: expected null unless batching.strategy is dynamic"),
+    (["dataset=file"], "dataset.path=null: expected a .jsonl, .json or .csv file"),
+    (["dataset=file", "dataset.path=/nonexistent/prompts.jsonl"], "dataset.path=/nonexistent/prompts.jsonl: expected an existing"),
+    (["dataset.source=hf"], "dataset.hf_name=null: expected a dataset name"),
+    (["dataset.n_prompts=0"], "dataset.n_prompts=0: expected a number >= 1"),
+    (["dataset.max_output_tokens=-1"], "dataset.max_output_tokens=-1: expected a number >= 1"),
+    (["dataset.max_input_tokens=0"], "dataset.max_input_tokens=0: expected a number >= 1"),
+    (["dataset.min_output_tokens=100"], "dataset.min_output_tokens=100: expected at most dataset.max_output_tokens (64)"),
+    (["dataset.ignore_eos=maybe"], "dataset.ignore_eos=maybe: expected true or false"),
+    (["dataset.synthetic.input_length_distribution=zipf"], "expected one of fixed, uniform, normal, lognormal"),
+    (["dataset=synthetic", "dataset.synthetic.input_tokens_min=300", "dataset.synthetic.input_tokens_max=200"], "dataset.synthetic.input_tokens_max=200: expected at least"),
+    (["decoder.top_p=1.5"], "decoder.top_p=1.5: expected a number in (0.0, 1.0]"),
+    (["decoder=creative", "decoder.temperature=0"], "decoder.temperature=0.0: expected a number in (0.0, 100.0]"),
+    (["decoder.top_k=-1"], "decoder.top_k=-1: expected a number >= 0"),
+    (["decoder.repetition_penalty=0"], "decoder.repetition_penalty=0.0: expected a number in (0.0, 100.0]"),
+    (["traffic.target_qps=3"], "traffic.target_qps=3.0: expected null when traffic.arrival=offline"),
+    (["precision=int8"], "precision.quantization=int8"),
+    (["precision.dtype=float64"], "precision.dtype=float64: expected one of auto, float32, float16, bfloat16"),
+    (["backend.pytorch.num_threads=0"], "backend.pytorch.num_threads=0: expected a number >= 1"),
+    (["backend.pytorch.attn_implementation=magic"], "expected one of sdpa, eager, flash_attention_2"),
+    (["backend.device=cpu", "backend.pytorch.attn_implementation=flash_attention_2"], "expected sdpa or eager on backend.device=cpu"),
+    (["model=hf"], 'model.name_or_path="": expected a Hugging Face model id'),
+    (["model.name_or_path=embedded:gpt5"], "model.name_or_path=embedded:gpt5: expected embedded:smollm2-135m-instruct"),
+    (["model.name_or_path=./no/such/dir"], "model.name_or_path=./no/such/dir: expected an existing local model directory"),
+    (["model.trust_remote_code=sometimes"], "model.trust_remote_code=sometimes: expected true or false"),
+    (["run.warmup_batches=-1"], "run.warmup_batches=-1: expected a number >= 0"),
+    (["x=["], "could not compose the config"),
+]
+
+CPU_ONLY_BAD_CONFIGS: list[tuple[list[str], str]] = [
+    (["precision=float16"], "precision.dtype=float16: expected float32, bfloat16 or auto on a CPU"),
+    (["backend.device=cuda"], "backend.device=cuda: expected a machine with a CUDA GPU"),
+]
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD_CONFIGS, ids=[" ".join(o) for o, _ in BAD_CONFIGS])
+def test_bad_config_is_refused_in_one_line(overrides: list[str], expected: str, tmp_path: Path) -> None:
+    result = run_lem(overrides, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
+    assert lines[0].startswith("lem: error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+    # Refused before anything ran: no results folder left behind.
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("raw"))
+
+
+@pytest.mark.skipif(_has_cuda(), reason="checks refusals that only apply without a GPU")
+@pytest.mark.parametrize(("overrides", "expected"), CPU_ONLY_BAD_CONFIGS, ids=[" ".join(o) for o, _ in CPU_ONLY_BAD_CONFIGS])
+def test_gpu_only_options_are_refused_on_cpu(overrides: list[str], expected: str, tmp_path: Path) -> None:
+    result = run_lem(overrides, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert expected in result.stderr
+
+
+def test_refused_run_leaves_no_results_folder(tmp_path: Path) -> None:
+    result = run_lem(["batching.batch_size=0"], cwd=tmp_path)
+    assert result.returncode == 2
+    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert leftovers == [], leftovers
+
+
+def _imported_modules_after(args: list[str], tmp_path: Path) -> tuple[str, set[str]]:
+    code = (
+        "import sys, json\n"
+        f"sys.argv = ['lem', *{args!r}]\n"
+        "from lem.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('MODULES=' + json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    out, _, modules = result.stdout.rpartition("MODULES=")
+    import json
+
+    return out, set(json.loads(modules))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"]])
+def test_help_and_cfg_import_no_heavy_library(args: list[str], tmp_path: Path) -> None:
+    out, modules = _imported_modules_after(args, tmp_path)
+    assert {"torch", "transformers", "mlflow"}.isdisjoint(modules)
+    assert "batching" in out
+
+
+def test_help_lists_groups_and_options(tmp_path: Path) -> None:
+    result = run_lem(["--help"], cwd=tmp_path)
+    assert result.returncode == 0
+    for line in [
+        "batching: dynamic, sorted_dynamic, sorted_static, static",
+        "decoder: creative, deterministic, factual, standard",
+        "precision: auto, bfloat16, float16, float32, int4, int8",
+        "traffic: offline",
+        "sharding: none",
+        "backend: pytorch",
+    ]:
+        assert line in result.stdout
+
+
+def test_cfg_job_shows_overrides(tmp_path: Path) -> None:
+    result = run_lem(["--cfg", "job", "batching=sorted_static", "batching.batch_size=3", "experiment=quick"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "strategy: sorted_static" in result.stdout
+    # experiment=quick sets batch_size 8, the command line wins over it.
+    assert "batch_size: 3" in result.stdout
+    assert "n_prompts: 16" in result.stdout
