@@ -76,6 +76,12 @@ def run_measurement(cfg: LemConfig, composed_cfg: Any, run_dir: Path, process_in
     # File and dataset problems surface before any model loads.
     prompts = None if cfg.dataset.source is DatasetSource.synthetic else load_prompts(cfg.dataset)
 
+    # Convert/cache the embedded model (or find a hub model) before any phase is timed, so a
+    # first-run conversion is not counted as model loading.
+    from lem.models.resolve import resolve_model_path
+
+    resolve_model_path(cfg.model)
+
     clock = PhaseClock()
     memory = PeakMemory()
     memory.start()

@@ -49,7 +49,7 @@ class EnergyReading:
     """Energy of one phase on one device/component. Filled by the energy layer (issue 3)."""
 
     device: str  # e.g. "cuda:0", "cpu-package-0", "dram-0", "system"
-    component: str  # "gpu" | "cpu" | "dram" | "system"
+    component: str  # "gpu" | "cpu" | "dram" | "system" (system: a whole-machine figure that already contains the others)
     energy_j: float | None = None
     source: EnergySource | None = None
 
@@ -74,7 +74,7 @@ class RequestRecord:
     batch_size: int  # requests in that batch
     input_tokens: int  # prompt tokens after chat template and truncation (no padding)
     output_tokens: int  # real generated tokens: up to and including EOS, no padding
-    arrival_s: float  # when the request became available (0.0 for offline traffic)
+    arrival_s: float  # when the request became available (offline traffic: the generation phase start)
     start_s: float  # when the engine started serving it (its batch started)
     first_token_s: float | None  # when its first output token was available; None if it produced none
     end_s: float  # when its last output token was available

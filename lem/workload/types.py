@@ -22,7 +22,7 @@ class PreparedRequest:
 
     request_id: int
     input_ids: tuple[int, ...]
-    text: str  # the decoded, templated, truncated prompt (for engines that take text)
+    text: str  # the templated, truncated prompt; tokenising it gives exactly input_ids (for engines that take text)
     truncated: bool  # True when max_input_tokens cut the prompt
 
     @property

@@ -1,0 +1,182 @@
+"""A plain-text table of one run's summary for the terminal (no dependencies).
+
+Missing figures print as "—", never as 0: a reader must not mistake "not measured" for "free".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+DASH = "—"
+_LABEL_W = 20
+_LATENCY_ROWS = (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E", "e2e_ms"), ("queue", "queue_ms"))
+
+
+def fmt_num(x: float | int | None, unit: str = "") -> str:
+    """A number at a precision that suits its size, with its unit; None is a dash."""
+    if x is None:
+        return DASH
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        text = f"{x:,}"
+    else:
+        a = abs(x)
+        if a == 0:
+            text = "0"
+        elif a >= 1000:
+            text = f"{x:,.0f}"
+        elif a >= 100:
+            text = f"{x:.1f}"
+        elif a >= 1:
+            text = f"{x:.2f}"
+        else:
+            text = f"{x:#.3g}"  # three significant digits, trailing zeros kept: 0.100, 0.0123
+    return f"{text} {unit}" if unit else text
+
+
+def fmt_bytes(n: int | float | None) -> str:
+    if n is None:
+        return DASH
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}" if unit == "GiB" else f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_si(x: float | None, unit: str) -> str:
+    """Large counts with an SI prefix: 1.23 TFLOP."""
+    if x is None:
+        return DASH
+    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def render_summary(summary: Mapping[str, Any]) -> str:
+    """The summary as aligned sections: run, tokens, throughput, latency, phases, energy, memory, warnings."""
+    out: list[str] = []
+    _run(out, summary.get("status"), summary.get("run") or {})
+    _tokens(out, summary.get("n_requests"), summary.get("tokens") or {})
+    _throughput(out, summary.get("throughput") or {})
+    _latency(out, summary.get("latency") or {})
+    _phases(out, summary.get("phases") or {})
+    _energy(out, summary.get("energy") or {})
+    _compute(out, summary.get("flops") or {}, summary.get("memory") or {}, summary.get("batching") or {})
+    warnings = summary.get("warnings") or []
+    out.append("")
+    out.append("warnings" if warnings else "warnings: none")
+    out.extend(f"  ! {w}" for w in warnings)
+    return "\n".join(out)
+
+
+def _kv(out: list[str], label: str, value: str) -> None:
+    out.append(f"  {label:<{_LABEL_W - 1}} {value}")  # at least one space even for a long label
+
+
+def _grid(out: list[str], title: str, header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> None:
+    """A titled table; ``align`` gives each column "l" or "r" (default: first left, numbers right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    widths[0] = max(widths[0], _LABEL_W - 2)
+    out.append("")
+    out.append(title)
+    for r in [header, *rows]:
+        cells = [f"{c:<{w}}" if a == "l" else f"{c:>{w}}" for c, w, a in zip(r, widths, align)]
+        out.append(("  " + "  ".join(cells)).rstrip())
+
+
+def _run(out: list[str], status: str | None, run: Mapping[str, Any]) -> None:
+    status = status or DASH
+    out.append(f"lem run summary: {status}")
+    _kv(out, "status", f"{status} ({run.get('n_processes_completed', DASH)} of {run.get('world_size', DASH)} processes completed)")
+    _kv(out, "model", str(run.get("model") or DASH))
+    engine = run.get("engine") or DASH
+    _kv(out, "engine", f"{engine} ({run['engine_version']})" if run.get("engine_version") else str(engine))
+    devices = ", ".join(run.get("device_names") or []) or DASH
+    _kv(out, "device", f"{run.get('device_type') or DASH}: {devices}")
+    _kv(out, "dtype", str(run.get("dtype") or DASH))
+    if run.get("num_threads") is not None:
+        _kv(out, "threads", str(run["num_threads"]))
+
+
+def _tokens(out: list[str], n_requests: int | None, tok: Mapping[str, Any]) -> None:
+    out.append("")
+    out.append("tokens")
+    _kv(out, "requests", fmt_num(n_requests))
+    _kv(out, "input tokens", f"{fmt_num(tok.get('input_tokens'))} (mean {fmt_num(tok.get('mean_input_tokens'))})")
+    _kv(out, "output tokens", f"{fmt_num(tok.get('output_tokens'))} (mean {fmt_num(tok.get('mean_output_tokens'))})")
+    reasons = tok.get("finish_reasons") or {}
+    if reasons:
+        _kv(out, "finish reasons", ", ".join(f"{k} {v}" for k, v in reasons.items()))
+
+
+def _throughput(out: list[str], th: Mapping[str, Any]) -> None:
+    out.append("")
+    out.append("throughput")
+    _kv(out, "generation wall", fmt_num(th.get("generation_wall_s"), "s"))
+    _kv(out, "output rate", fmt_num(th.get("output_tokens_per_s"), "tok/s"))
+    _kv(out, "total rate (in+out)", fmt_num(th.get("total_tokens_per_s"), "tok/s"))
+    _kv(out, "request rate", fmt_num(th.get("requests_per_s"), "req/s"))
+
+
+def _latency(out: list[str], lat: Mapping[str, Any]) -> None:
+    rows = []
+    for label, key in _LATENCY_ROWS:
+        d = lat.get(key) or {}
+        rows.append([label] + [_ms(d.get(s)) for s in ("mean", "p50", "p90", "p99")] + [fmt_num(d.get("n", 0))])
+    _grid(out, "latency (ms)", ["", "mean", "p50", "p90", "p99", "n"], rows)
+
+
+def _ms(x: float | None) -> str:
+    # One fixed precision per column keeps the decimal points aligned.
+    return DASH if x is None else f"{x:,.2f}"
+
+
+def _phases(out: list[str], phases: Mapping[str, Any]) -> None:
+    rows = []
+    for name, ph in phases.items():
+        energy = ph.get("energy_j")
+        source = ph.get("energy_source") or "not measured"
+        if energy is not None and ph.get("energy_components"):
+            source += f" ({', '.join(ph['energy_components'])})"
+        if energy is not None and ph.get("estimated_energy_j") is not None and ph.get("energy_source") != "estimated":
+            source += f"; + {fmt_num(ph['estimated_energy_j'])} J estimated"
+        rows.append([name, fmt_num(ph.get("wall_s")), fmt_num(energy), source])
+    if not rows:
+        rows.append(["(none recorded)", DASH, DASH, ""])
+    _grid(out, "phases", ["", "wall s", "energy J", "source"], rows, align="lrrl")
+
+
+def _energy(out: list[str], en: Mapping[str, Any]) -> None:
+    out.append("")
+    source = en.get("source")
+    out.append(f"energy (generation, {source})" if source else "energy (generation): not measured")
+    _kv(out, "per output token", fmt_num(en.get("j_per_output_token"), "J/tok"))
+    _kv(out, "per request", fmt_num(en.get("j_per_request"), "J/req"))
+    _kv(out, "mean power", fmt_num(en.get("mean_power_w"), "W"))
+    _kv(out, "tokens per joule", fmt_num(en.get("output_tokens_per_j"), "tok/J"))
+    if source != "estimated" and en.get("estimated_j_per_output_token") is not None:
+        _kv(out, "estimated, apart", fmt_num(en.get("estimated_j_per_output_token"), "J/tok"))
+    for g in en.get("by_component") or []:
+        _kv(out, f"  {g['component']} ({g['source']})", f"{fmt_num(g.get('energy_j'), 'J')}, {fmt_num(g.get('j_per_output_token'), 'J/tok')}")
+
+
+def _compute(out: list[str], flops: Mapping[str, Any], mem: Mapping[str, Any], batching: Mapping[str, Any]) -> None:
+    out.append("")
+    out.append("memory")
+    _kv(out, "peak RSS", fmt_bytes(mem.get("peak_rss_bytes")))
+    _kv(out, "CUDA peak allocated", fmt_bytes(mem.get("cuda_peak_allocated_bytes")))
+    _kv(out, "CUDA peak reserved", fmt_bytes(mem.get("cuda_peak_reserved_bytes")))
+    out.append("")
+    out.append("compute")
+    src = f" ({flops['source']})" if flops.get("source") else ""
+    _kv(out, "FLOPs", fmt_si(flops.get("total_flops"), "FLOP") + src)
+    _kv(out, "per output token", fmt_si(flops.get("flops_per_output_token"), "FLOP"))
+    _kv(out, "achieved", fmt_si(flops.get("flops_per_s"), "FLOP/s"))
+    hist = batching.get("batch_size_histogram") or {}
+    _kv(out, "batches", f"{fmt_num(batching.get('n_batches'))} (sizes: {', '.join(f'{k}×{v}' for k, v in hist.items()) or DASH})")
+    ratio = batching.get("padding_ratio")
+    _kv(out, "padding", DASH if ratio is None else f"{ratio * 100:.1f} % of input positions")

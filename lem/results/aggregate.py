@@ -1,0 +1,419 @@
+"""Late aggregation: raw per-process records → one summary dict (``lem.summary/1``).
+
+Pure: the summary depends only on the records (and the config, which it copies), so
+``python -m lem.summarize RUN_DIR`` recomputes exactly what the run wrote. Figures nothing
+measured are ``None`` — never 0. Measured and estimated energy are never added together.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from lem.errors import LemError
+from lem.results.latency import distribution, request_latencies
+from lem.results.reader import RawProcessRecords
+from lem.results.schema import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
+
+MEASURED_SOURCES = frozenset({"counter", "sampled", "rapl"})  # read from a sensor
+ESTIMATED_SOURCE = "estimated"  # a model (e.g. CodeCarbon's TDP × load), not a sensor
+WHOLE_SYSTEM_COMPONENTS = frozenset({"system"})  # overlaps gpu/cpu/dram: never summed with them
+HOST_SHARED_COMPONENTS = frozenset({"cpu", "dram", "system"})  # one physical meter per host
+MIN_WINDOW_S = 5.0  # below this the energy counters' resolution dominates the figure
+RECOMMENDED_WINDOW_S = 20.0
+
+
+def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Aggregate every process's raw records of one run into the summary dict."""
+    if not processes:
+        raise LemError("no process records to summarize")
+    procs = sorted(processes, key=lambda p: p.process_index)
+    warnings: list[str] = []
+    requests = [r for p in procs for r in p.requests]
+
+    run = _run_section(procs, requests, config, warnings)
+    tokens = _tokens_section(requests)
+    window_s = _generation_window_s(procs, warnings)
+    throughput = _throughput_section(len(requests), tokens, window_s)
+    latency = {metric: distribution(values) for metric, values in request_latencies(requests).items()}
+    phases, phases_per_process = _phases_section(procs, warnings)
+    energy = _energy_section(phases, len(requests), tokens, warnings)
+    flops = _flops_section(procs, tokens, window_s, warnings)
+    memory = _memory_section(procs)
+    batching = _batching_section(procs)
+
+    if window_s is not None and window_s < MIN_WINDOW_S:
+        warnings.append(
+            f"generation window {window_s:.3g} s is shorter than {MIN_WINDOW_S:g} s; "
+            f"aim for >= {RECOMMENDED_WINDOW_S:g} s (more prompts or more output tokens)"
+        )
+    if not requests:
+        warnings.append("no request records: nothing was generated in the measured window")
+
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "raw_schema_version": RAW_SCHEMA_VERSION,
+        "status": run.pop("status"),  # headline: "completed" or "incomplete"
+        "n_requests": len(requests),
+        "run": run,
+        "tokens": tokens,
+        "throughput": throughput,
+        "latency": latency,
+        "phases": phases,
+        "phases_per_process": phases_per_process,
+        "energy": energy,
+        "flops": flops,
+        "memory": memory,
+        "batching": batching,
+        "warnings": warnings,
+        "config": copy.deepcopy(dict(config)) if config is not None else None,
+    }
+
+
+# --- run and tokens ---------------------------------------------------------------------
+
+
+def _run_section(
+    procs: list[RawProcessRecords], requests: list[dict[str, Any]], config: Mapping[str, Any] | None, warnings: list[str]
+) -> dict[str, Any]:
+    h0 = procs[0].header
+    world_size = max(int(p.header.get("world_size", 1)) for p in procs)
+    n_completed = sum(1 for p in procs if p.end is not None and p.end.get("status") == "completed")
+    torn = [p.path.name for p in procs if p.torn_last_line]
+    status = "completed" if n_completed == len(procs) == world_size else "incomplete"
+    expected = _expected_requests(config)
+
+    if status == "incomplete":
+        warnings.append(
+            f"run incomplete: {len(requests)} requests recorded; {n_completed} of {world_size} "
+            "processes reached their end record (figures cover what was recorded)"
+        )
+    if torn:
+        warnings.append(f"torn last line dropped in {', '.join(torn)} (process killed mid-write)")
+    if status == "completed" and expected is not None and len(requests) != expected:
+        warnings.append(f"{len(requests)} requests recorded but the config asked for dataset.n_prompts={expected}")
+
+    return {
+        "status": status,
+        "n_processes": len(procs),
+        "n_processes_completed": n_completed,
+        "world_size": world_size,
+        "n_requests_expected": expected,
+        "torn_last_lines": len(torn),
+        "started_unix_s": min(_t0(p) for p in procs),
+        "model": h0.get("model"),
+        "engine": h0.get("engine"),
+        "engine_version": h0.get("engine_version"),
+        "dtype": h0.get("dtype"),
+        "device_type": h0.get("device_type"),
+        "device_names": sorted({d for p in procs for d in p.header.get("device_names") or []}),
+        "hostnames": sorted({str(p.header.get("hostname")) for p in procs}),
+        "num_threads": h0.get("num_threads"),
+        "lem_version": h0.get("lem_version"),
+    }
+
+
+def _expected_requests(config: Mapping[str, Any] | None) -> int | None:
+    dataset = config.get("dataset") if isinstance(config, Mapping) else None
+    n = dataset.get("n_prompts") if isinstance(dataset, Mapping) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _tokens_section(requests: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(requests)
+    n_in = sum(int(r["input_tokens"]) for r in requests)
+    n_out = sum(int(r["output_tokens"]) for r in requests)
+    return {
+        "input_tokens": n_in,
+        "output_tokens": n_out,
+        "total_tokens": n_in + n_out,
+        "mean_input_tokens": n_in / n if n else None,
+        "mean_output_tokens": n_out / n if n else None,
+        "finish_reasons": dict(sorted(Counter(str(r.get("finish_reason")) for r in requests).items())),
+    }
+
+
+# --- time: clock alignment, the generation window, throughput ----------------------------
+
+
+def _t0(p: RawProcessRecords) -> float:
+    return float(p.header.get("t0_unix_s", 0.0))
+
+
+def _clock_offsets(procs: list[RawProcessRecords]) -> dict[int, float]:
+    """Seconds to add to each process's times to put them on the run's clock (earliest t0 = 0).
+
+    Offsets from the earliest t0, not absolute unix times: a single process keeps its exact
+    perf_counter differences instead of losing digits to a 1.7e9 s epoch.
+    """
+    t_ref = min(_t0(p) for p in procs)
+    return {id(p): _t0(p) - t_ref for p in procs}
+
+
+def _generation_window_s(procs: list[RawProcessRecords], warnings: list[str]) -> float | None:
+    """Earliest generation start → latest generation end over all processes, on wall-clock time.
+
+    Each process's times are relative to its own t0; ``t0_unix_s + t`` puts them on one clock
+    (computed as offsets from the earliest t0 to keep precision).
+    A process killed during generation has no generation phase record: its requests bound it.
+    """
+    off = _clock_offsets(procs)
+    starts: list[float] = []
+    ends: list[float] = []
+    from_requests = []
+    for p in procs:
+        gen = [ph for ph in p.phases if ph.get("name") == "generation"]
+        if gen:
+            starts += [off[id(p)] + float(ph["start_s"]) for ph in gen]
+            ends += [off[id(p)] + float(ph["end_s"]) for ph in gen]
+        elif p.requests:
+            starts.append(off[id(p)] + min(float(r["start_s"]) for r in p.requests))
+            ends.append(off[id(p)] + max(float(r["end_s"]) for r in p.requests))
+            from_requests.append(p.process_index)
+    if not starts:
+        return None
+    if from_requests:
+        warnings.append(
+            "generation window of process(es) "
+            f"{', '.join(map(str, from_requests))} taken from request records (no generation phase record)"
+        )
+    return max(ends) - min(starts)
+
+
+def _throughput_section(n_requests: int, tokens: dict[str, Any], window_s: float | None) -> dict[str, Any]:
+    def rate(count: int) -> float | None:
+        return count / window_s if window_s and window_s > 0 else None
+
+    return {
+        "generation_wall_s": window_s,
+        "output_tokens_per_s": rate(tokens["output_tokens"]),
+        "total_tokens_per_s": rate(tokens["total_tokens"]),
+        "requests_per_s": rate(n_requests),
+    }
+
+
+# --- phases and energy -------------------------------------------------------------------
+
+
+def _phase_names(procs: Iterable[RawProcessRecords]) -> list[str]:
+    seen = [ph.get("name") for p in procs for ph in p.phases]
+    extra = [n for n in dict.fromkeys(seen) if n not in PHASE_ORDER]  # e.g. an idle baseline
+    return [n for n in PHASE_ORDER if n in seen] + extra
+
+
+def _phases_section(
+    procs: list[RawProcessRecords], warnings: list[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Per phase: wall time (span over processes on wall-clock time) and energy summed over processes."""
+    names = _phase_names(procs)
+    off = _clock_offsets(procs)
+    flat: dict[str, Any] = {}
+    for name in names:
+        records = [(p, ph) for p in procs for ph in p.phases if ph.get("name") == name]
+        start = min(off[id(p)] + float(ph["start_s"]) for p, ph in records)
+        end = max(off[id(p)] + float(ph["end_s"]) for p, ph in records)
+        readings = [(p, r) for p, ph in records for r in ph.get("energy") or []]
+        _warn_shared_meters(name, readings, warnings)
+        flat[name] = {
+            "wall_s": end - start,
+            "n_processes": len({p.process_index for p, _ in records}),
+            **energy_of([r for _, r in readings], warnings, where=name),
+        }
+    per_process = []
+    for p in procs:
+        phases = {}
+        for name in names:
+            mine = [ph for ph in p.phases if ph.get("name") == name]
+            if not mine:
+                continue
+            e = energy_of([r for ph in mine for r in ph.get("energy") or []], [], where=name)
+            phases[name] = {
+                "wall_s": sum(float(ph["end_s"]) - float(ph["start_s"]) for ph in mine),
+                "energy_j": e["energy_j"],
+                "energy_source": e["energy_source"],
+            }
+        per_process.append(
+            {"process_index": p.process_index, "hostname": p.header.get("hostname"), "complete": p.complete, "phases": phases}
+        )
+    return flat, per_process
+
+
+def _warn_shared_meters(phase: str, readings: list[tuple[RawProcessRecords, dict[str, Any]]], warnings: list[str]) -> None:
+    # RAPL and whole-system meters are per host: two processes on one host read the same one.
+    by_meter: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for p, r in readings:
+        if r.get("component") in HOST_SHARED_COMPONENTS and r.get("energy_j") is not None:
+            by_meter[(str(p.header.get("hostname")), str(r.get("device")))].add(p.process_index)
+    for (host, device), indices in sorted(by_meter.items()):
+        if len(indices) > 1:
+            warnings.append(
+                f"{phase}: {device} on {host} reported by processes {sorted(indices)}; "
+                "summing them counts that meter more than once"
+            )
+
+
+def energy_of(readings: list[Mapping[str, Any]], warnings: list[str], where: str = "") -> dict[str, Any]:
+    """Energy of one phase from its readings, grouped by (component, source); measured and estimated kept apart.
+
+    ``energy_j`` is the headline: the measured total if any sensor read something, else the
+    estimated total, else None (with ``energy_source`` None). Each total sums gpu/cpu/dram
+    (and any other component) but not ``system``, which already contains them; a
+    ``system`` reading is the total only when it is the sole component.
+    """
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in readings:
+        value = r.get("energy_j")
+        if value is None:  # nothing measured this device: leave it out, don't count it as 0
+            continue
+        source = r.get("source") or "unknown"
+        key = (str(r.get("component")), str(source))
+        g = groups.setdefault(key, {"component": key[0], "source": key[1], "energy_j": 0.0, "n_readings": 0})
+        g["energy_j"] += float(value)
+        g["n_readings"] += 1
+    by_component = [groups[k] for k in sorted(groups)]
+    if any(g["source"] == "unknown" for g in by_component):
+        warnings.append(f"{where}: energy readings without a source are listed but left out of every total")
+
+    measured = _class_total([g for g in by_component if g["source"] in MEASURED_SOURCES])
+    estimated = _class_total([g for g in by_component if g["source"] == ESTIMATED_SOURCE])
+    headline = measured if measured["energy_j"] is not None else estimated
+    return {
+        "energy_j": headline["energy_j"],
+        "energy_source": headline["source"],
+        "energy_components": headline["components"],
+        "measured_energy_j": measured["energy_j"],
+        "estimated_energy_j": estimated["energy_j"],
+        "energy_by_component": by_component,
+    }
+
+
+def _class_total(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    parts = [g for g in groups if g["component"] not in WHOLE_SYSTEM_COMPONENTS] or groups
+    if not parts:
+        return {"energy_j": None, "source": None, "components": []}
+    return {
+        "energy_j": sum(g["energy_j"] for g in parts),
+        "source": "+".join(sorted({g["source"] for g in parts})),
+        "components": sorted({g["component"] for g in parts}),
+    }
+
+
+def _energy_section(phases: dict[str, Any], n_req: int, tokens: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """Headline energy figures of the measured generation phase, per token, request and second."""
+    gen = phases.get("generation") or {}
+    e = gen.get("energy_j")
+    n_out = tokens["output_tokens"]
+    wall = gen.get("wall_s")
+
+    def per(total: float | None, count: float | None) -> float | None:
+        return total / count if total is not None and count else None
+
+    any_energy = any(ph.get("energy_by_component") for ph in phases.values())
+    if not any_energy:
+        warnings.append("no energy measured: every energy figure is null (no sensor available or energy measurement off)")
+    elif e is None:
+        warnings.append("no energy measured for the generation phase: per-token energy is null")
+    if gen.get("energy_source") == ESTIMATED_SOURCE:
+        warnings.append("energy estimated: generation energy comes from a model (estimated), not a sensor")
+    elif gen.get("estimated_energy_j") is not None:
+        est = sorted({g["component"] for g in gen["energy_by_component"] if g["source"] == ESTIMATED_SOURCE})
+        warnings.append(f"energy of {', '.join(est)} estimated; reported apart from the measured figures")
+
+    totals = list(phases.values())
+    # A sum over phases only when every phase was measured, on one basis (same sources and components).
+    same_basis = all(ph.get("energy_j") is not None for ph in totals) and (
+        len({(ph["energy_source"], tuple(ph["energy_components"])) for ph in totals}) == 1
+    )
+    return {
+        "generation_energy_j": e,
+        "source": gen.get("energy_source"),
+        "components": gen.get("energy_components", []),
+        "j_per_output_token": per(e, n_out),
+        "j_per_request": per(e, n_req),
+        "output_tokens_per_j": n_out / e if e else None,
+        "mean_power_w": per(e, wall),
+        "measured_j_per_output_token": per(gen.get("measured_energy_j"), n_out),
+        "estimated_j_per_output_token": per(gen.get("estimated_energy_j"), n_out),
+        "by_component": [
+            {**g, "j_per_output_token": per(g["energy_j"], n_out)} for g in gen.get("energy_by_component", [])
+        ],
+        "all_phases_energy_j": sum(ph["energy_j"] for ph in totals) if totals and same_basis else None,
+    }
+
+
+# --- flops, memory, batching -------------------------------------------------------------
+
+
+def _flops_section(
+    procs: list[RawProcessRecords], tokens: dict[str, Any], window_s: float | None, warnings: list[str]
+) -> dict[str, Any]:
+    values = [(p.process_index, p.flops[-1]) for p in procs if p.flops]
+    counted = [(i, f) for i, f in values if f.get("total_flops") is not None]
+    total: float | None = None
+    if counted and len(counted) == len(procs):
+        total = sum(float(f["total_flops"]) for _, f in counted)
+    elif counted:
+        missing = sorted({p.process_index for p in procs} - {i for i, _ in counted})
+        warnings.append(f"FLOPs missing for process(es) {missing}: total FLOPs left null")
+    n_out = tokens["output_tokens"]
+    return {
+        "total_flops": total,
+        "source": "+".join(sorted({str(f["source"]) for _, f in counted})) if total is not None else None,
+        "flops_per_output_token": total / n_out if total is not None and n_out else None,
+        "flops_per_s": total / window_s if total is not None and window_s else None,
+    }
+
+
+def _memory_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
+    per_process = []
+    for p in procs:
+        m = p.memory[-1] if p.memory else {}  # peaks only grow: the last record holds them
+        per_process.append(
+            {
+                "process_index": p.process_index,
+                "peak_rss_bytes": m.get("peak_rss_bytes"),
+                "cuda_peak_allocated_bytes": m.get("cuda_peak_allocated_bytes"),
+                "cuda_peak_reserved_bytes": m.get("cuda_peak_reserved_bytes"),
+                "source": m.get("source"),
+            }
+        )
+
+    def peak(key: str) -> int | None:
+        vals = []
+        for m in per_process:
+            v = m[key]
+            vals += [x for x in v if x is not None] if isinstance(v, list) else ([v] if v is not None else [])
+        return max(vals) if vals else None
+
+    return {
+        "peak_rss_bytes": peak("peak_rss_bytes"),
+        "cuda_peak_allocated_bytes": peak("cuda_peak_allocated_bytes"),
+        "cuda_peak_reserved_bytes": peak("cuda_peak_reserved_bytes"),
+        "per_process": per_process,
+    }
+
+
+def _batching_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
+    batches: dict[tuple[int, int], int] = {}
+    for p in procs:
+        for r in p.requests:
+            batches[(p.process_index, int(r["batch_id"]))] = int(r["batch_size"])
+    sizes = Counter(batches.values())
+    requests = [r for p in procs for r in p.requests]
+    padded = [r.get("padded_input_tokens") for r in requests]
+    padding_ratio = None
+    padded_total = None
+    if requests and all(v is not None for v in padded):
+        padded_total = sum(int(v) for v in padded)  # type: ignore[arg-type]
+        n_in = sum(int(r["input_tokens"]) for r in requests)
+        # Share of the input positions the engine processed that were padding.
+        padding_ratio = (padded_total - n_in) / padded_total if padded_total else None
+    return {
+        "n_batches": len(batches),
+        "mean_batch_size": sum(batches.values()) / len(batches) if batches else None,
+        "batch_size_histogram": {str(size): sizes[size] for size in sorted(sizes)},
+        "padded_input_tokens": padded_total,
+        "padding_ratio": padding_ratio,
+    }

@@ -1,0 +1,129 @@
+"""Crash-safe writers: one JSON-lines raw file per process, and atomic JSON files.
+
+A raw line is written with one ``os.write`` of ``line + "\\n"`` and then fsync'd, so a
+process killed at any moment leaves every completed line intact; at worst the last line
+is partial, and the reader (``lem.results.reader``) drops and flags it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from lem.errors import LemError
+from lem.results.schema import to_json_dict
+
+
+def raw_path(run_dir: str | os.PathLike[str], process_index: int) -> Path:
+    """Where process ``process_index`` writes its raw records inside ``run_dir``."""
+    return Path(run_dir) / "raw" / f"process-{process_index}.jsonl"
+
+
+def encode_record(record: Any) -> str:
+    """One record as one JSON line (no newline). NaN/inf raise ValueError: they are bugs, not data."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        obj = to_json_dict(record)
+    elif isinstance(record, dict):
+        obj = record
+    else:
+        raise TypeError(f"expected a lem.results.schema record or a dict, got {type(record).__name__}")
+    if "kind" not in obj:
+        raise ValueError(f"record has no 'kind' field: {sorted(obj)}")
+    try:
+        return json.dumps(obj, allow_nan=False, ensure_ascii=False)  # default separators: greppable '"kind": "request"'
+    except ValueError as e:  # json says "Out of range float values are not JSON compliant"
+        raise ValueError(f"{obj['kind']} record contains NaN or infinity ({e}): {obj!r}") from None
+
+
+class RawWriter:
+    """Appends records to one process's raw file; refuses a file that already exists.
+
+    Use as a context manager::
+
+        with RawWriter(raw_path(run_dir, 0)) as w:
+            w.write(HeaderRecord(...))
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        self.n_written = 0
+
+    def open(self) -> RawWriter:
+        if self._fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # O_EXCL: records of two runs must never share a file.
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except FileExistsError:
+            raise LemError(
+                f"raw record file {self.path} already exists; use a fresh run directory "
+                "(Hydra gives each run its own) instead of mixing two runs' records"
+            ) from None
+        return self
+
+    def write(self, record: Any) -> None:
+        """Serialise ``record`` to one line, write it in one call, flush it to disk."""
+        if self._fd is None:
+            raise RuntimeError(f"RawWriter({self.path}) is not open; use it as a context manager")
+        data = (encode_record(record) + "\n").encode("utf-8")
+        written = os.write(self._fd, data)
+        while written < len(data):  # a short write is rare on regular files; finish the line
+            written += os.write(self._fd, data[written:])
+        os.fsync(self._fd)  # a killed process or a crashed host keeps this line
+        self.n_written += 1
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RawWriter:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON so readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, allow_nan=False, indent=2, ensure_ascii=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic within one filesystem: same directory guarantees that
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Persist the rename itself; not every platform can open a directory, which is harmless.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

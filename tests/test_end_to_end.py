@@ -1,0 +1,144 @@
+"""`python -m lem` end to end in a subprocess on a tiny random-weight model: records, summary, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_model import make_tiny_model_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+def lem_command(run_dir: Path, model_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lem",
+        f"model.name_or_path={model_dir}",
+        f"hydra.run.dir={run_dir}",
+        "backend.pytorch.num_threads=1",
+        *overrides,
+    ]
+
+
+def lem_env() -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_writes_records_and_summary(tiny_model: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    n_prompts, max_out = 6, 8
+    result = subprocess.run(
+        lem_command(run_dir, tiny_model, f"dataset.n_prompts={n_prompts}", f"dataset.max_output_tokens={max_out}", "batching.batch_size=4"),
+        cwd=tmp_path, env=lem_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    lines = read_lines(run_dir / "raw" / "process-0.jsonl")
+    assert lines[0]["kind"] == "header" and lines[0]["schema_version"] == "lem.raw/1"
+    assert lines[-1] == {"status": "completed", "end_s": lines[-1]["end_s"], "kind": "end"}
+
+    phases = [line for line in lines if line["kind"] == "phase"]
+    assert [p["name"] for p in phases] == ["engine_init", "model_load", "warmup", "generation"]
+    assert all(p["end_s"] >= p["start_s"] for p in phases)
+    assert all(a["end_s"] <= b["start_s"] + 1e-9 for a, b in zip(phases, phases[1:]))
+    generation = phases[-1]
+
+    requests = [line for line in lines if line["kind"] == "request"]
+    assert sorted(r["request_id"] for r in requests) == list(range(n_prompts))
+    assert sorted(r["batch_size"] for r in requests) == [2, 2, 4, 4, 4, 4]
+    for r in requests:
+        assert 1 <= r["output_tokens"] <= max_out
+        assert len(r["token_times_s"]) == r["output_tokens"]
+        assert r["token_times_s"] == sorted(r["token_times_s"])
+        assert generation["start_s"] <= r["arrival_s"] <= r["start_s"] < r["first_token_s"] <= r["end_s"] <= generation["end_s"]
+        assert r["first_token_s"] == r["token_times_s"][0] and r["end_s"] == r["token_times_s"][-1]
+        assert r["input_tokens"] >= 1 and r["padded_input_tokens"] >= r["input_tokens"]
+        assert r["finish_reason"] in ("stop", "length")
+
+    memory = next(line for line in lines if line["kind"] == "memory")
+    assert memory["peak_rss_bytes"] > 50 * 2**20  # torch alone is bigger than that
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["n_requests"] == n_prompts
+    total_out = sum(r["output_tokens"] for r in requests)
+    assert summary["tokens"]["output_tokens"] == total_out
+    span_s = generation["end_s"] - min(r["start_s"] for r in requests)
+    assert summary["throughput"]["output_tokens_per_s"] == pytest.approx(total_out / span_s, rel=0.05)
+    assert summary["latency"]["ttft_ms"]["p50"] > 0
+    # Energy is not measured by this layer: null, never 0.
+    assert summary["energy"]["j_per_output_token"] is None
+
+    assert (run_dir / "resolved_config.yaml").is_file()
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file()
+    assert "TTFT" in result.stdout and str(run_dir) in result.stdout
+
+    # Late aggregation: recomputing from the raw records gives the same summary.
+    recomputed = subprocess.run(
+        [sys.executable, "-m", "lem.summarize", str(run_dir), "--no-write"], capture_output=True, text=True, timeout=120
+    )
+    assert recomputed.returncode == 0, recomputed.stderr
+    assert "TTFT" in recomputed.stdout
+
+
+def test_killed_run_leaves_readable_records(tiny_model: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    raw = run_dir / "raw" / "process-0.jsonl"
+    proc = subprocess.Popen(
+        lem_command(
+            run_dir, tiny_model, "dataset.n_prompts=400", "dataset.max_output_tokens=64",
+            "dataset.ignore_eos=true", "batching.batch_size=2", "run.warmup_batches=0",
+        ),
+        cwd=tmp_path, env=lem_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if raw.exists() and raw.read_text().count('"kind": "request"') >= 4:
+                break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run produced no request records in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    lines = raw.read_text().splitlines()
+    parsed = []
+    for i, line in enumerate(lines):
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            assert i == len(lines) - 1, "only the very last line may be torn"
+    requests = [p for p in parsed if p["kind"] == "request"]
+    assert len(requests) >= 4 and all(r["output_tokens"] == 64 for r in requests)
+    assert not any(p["kind"] == "end" for p in parsed)
+
+    # The summary command still works and says the run is incomplete.
+    result = subprocess.run([sys.executable, "-m", "lem.summarize", str(run_dir)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["n_requests"] == len(requests)
+    assert summary["status"] != "completed"

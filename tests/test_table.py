@@ -1,0 +1,78 @@
+"""The terminal table: key figures visible, missing figures shown as a dash, never as 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lem.report.table import DASH, fmt_bytes, fmt_num, render_summary
+from lem.results.aggregate import summarize
+from lem.results.reader import RawProcessRecords
+from lem.results.schema import EndRecord, EnergyReading, HeaderRecord, MemoryRecord, PhaseRecord, RequestRecord, to_json_dict
+
+
+def run_records(energy: list[EnergyReading]) -> RawProcessRecords:
+    header = HeaderRecord(0, 1, 1_700_000_000.0, "host", 1, "0.1.0", "cpu", ["Xeon"], "pytorch", "transformers 4.56", "SmolLM2-135M", "float32", 2)
+    requests = []
+    for i in range(4):
+        times = [1.0 + 0.02 * (k + 1) for k in range(50)]
+        requests.append(
+            RequestRecord(i, 0, 4, 20, 50, 1.0, 1.0, times[0], times[-1], times, "length", padded_input_tokens=20)
+        )
+    return RawProcessRecords(
+        path=Path("process-0.jsonl"),
+        header=to_json_dict(header),
+        phases=[
+            to_json_dict(PhaseRecord("engine_init", 0.0, 0.25)),
+            to_json_dict(PhaseRecord("model_load", 0.25, 1.0)),
+            to_json_dict(PhaseRecord("generation", 1.0, 9.0, energy=energy)),
+        ],
+        requests=[to_json_dict(r) for r in requests],
+        memory=[to_json_dict(MemoryRecord(peak_rss_bytes=512 * 1024**2))],
+        end=to_json_dict(EndRecord("completed", 9.0)),
+    )
+
+
+def line(text: str, label: str) -> str:
+    return next(ln for ln in text.splitlines() if ln.strip().startswith(label))
+
+
+def test_table_shows_key_figures():
+    text = render_summary(summarize([run_records([EnergyReading("cuda:0", "gpu", 80.0, "counter")])]))
+    assert "SmolLM2-135M" in text and "completed" in text
+    assert "25.00 tok/s" in line(text, "output rate")  # 200 tokens / 8 s
+    assert "8.00 s" in line(text, "generation wall")
+    ttft = line(text, "TTFT").split()
+    assert ttft[1:5] == ["20.00"] * 4  # mean p50 p90 p99 in ms
+    assert "0.400 J/tok" in line(text, "per output token")  # 80 J / 200 tokens
+    gen = line(text, "generation  ").split()  # the phase row, not "generation wall"
+    assert gen[1:4] == ["8.00", "80.00", "counter"]
+    assert "512.0 MiB" in line(text, "peak RSS")
+    for section in ("tokens", "throughput", "latency (ms)", "phases", "memory"):
+        assert section in text.splitlines()
+
+
+def test_nulls_render_as_dash_never_zero():
+    text = render_summary(summarize([run_records([EnergyReading("cuda:0", "gpu", None, None)])]))
+    assert line(text, "per output token").split()[-1] == DASH
+    assert line(text, "mean power").split()[-1] == DASH
+    assert line(text, "CUDA peak allocated").split()[-1] == DASH
+    engine_init = line(text, "engine_init")
+    assert DASH in engine_init and "not measured" in engine_init
+    assert line(text, "generation  ").split()[1:5] == ["8.00", DASH, "not", "measured"]
+    assert "energy (generation): not measured" in text
+    assert "no energy measured" in text  # the warning is shown
+
+
+def test_table_renders_an_almost_empty_summary():
+    text = render_summary({"status": "incomplete", "warnings": ["run incomplete: 0 requests recorded"]})
+    assert "incomplete" in text and "run incomplete: 0 requests recorded" in text
+    assert line(text, "TTFT").split()[1] == DASH
+
+
+def test_number_formats():
+    assert fmt_num(None, "s") == DASH
+    assert fmt_num(0.0123, "J/tok") == "0.0123 J/tok"
+    assert fmt_num(1234.5, "tok/s") == "1,234 tok/s" or fmt_num(1234.5, "tok/s") == "1,235 tok/s"
+    assert fmt_num(12, "") == "12"
+    assert fmt_bytes(3 * 1024**3) == "3.00 GiB"
+    assert fmt_bytes(None) == DASH
