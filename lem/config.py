@@ -187,6 +187,48 @@ class PrecisionConfig:
 
 
 @dataclass
+class CodeCarbonConfig:
+    enabled: bool = True
+    country_iso_code: str = "USA"  # grid carbon intensity used for CO2 (CodeCarbon's offline data)
+    region: str | None = None  # e.g. "california"; finer grid data where CodeCarbon has it
+    measure_power_secs: float = 1.0
+
+
+@dataclass
+class EnergyConfig:
+    enabled: bool = True
+    idle_baseline_s: float = 10.0  # idle power measured before the engine starts; 0 disables
+    idle_baseline_cache_max_age_s: float = 0.0  # reuse a cached baseline younger than this; 0 never
+    sample_interval_ms: float = 100.0  # power/utilisation sampler period
+    nvml: bool = True  # GPU energy counter and sampler (NVIDIA)
+    rapl: bool = True  # CPU package / DRAM energy counters (/sys/class/powercap)
+    pue: float = 1.0  # data-centre power usage effectiveness applied to CO2 and facility energy
+    carbon_intensity_g_per_kwh: float | None = None  # overrides CodeCarbon's grid figure
+    codecarbon: CodeCarbonConfig = field(default_factory=CodeCarbonConfig)
+
+
+class FlopsStrategy(Enum):
+    auto = "auto"  # calflops, else analytical, else 2 x params x tokens
+    calflops = "calflops"
+    analytical = "analytical"
+    params = "params"  # 2 x parameters x tokens
+    off = "off"
+
+
+@dataclass
+class FlopsConfig:
+    strategy: FlopsStrategy = FlopsStrategy.auto
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    # None: sqlite under <project>/mlruns/ (MLFLOW_TRACKING_URI, when set, wins).
+    tracking_uri: str | None = None
+    experiment_name: str = "lem"
+
+
+@dataclass
 class RunConfig:
     warmup_batches: int = 1  # generation passes run and discarded before measuring
     warmup_max_output_tokens: int = 8
@@ -203,6 +245,9 @@ class LemConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    flops: FlopsConfig = field(default_factory=FlopsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -329,6 +374,15 @@ def validate(cfg: LemConfig) -> None:
         raise ConfigError("sharding.strategy", s.strategy.value, "tensor_parallel, pipeline_parallel or data_parallel when num_shards or num_processes > 1")
     if s.strategy is not ShardingStrategy.none:
         raise ConfigError("sharding.strategy", s.strategy.value, "none (multi-device sharding is not implemented yet)")
+
+    e = cfg.energy
+    _at_least("energy.idle_baseline_s", e.idle_baseline_s, 0)
+    _at_least("energy.idle_baseline_cache_max_age_s", e.idle_baseline_cache_max_age_s, 0)
+    _in_range("energy.sample_interval_ms", e.sample_interval_ms, 1.0, 60_000.0)
+    _in_range("energy.pue", e.pue, 1.0, 5.0)
+    if e.carbon_intensity_g_per_kwh is not None:
+        _at_least("energy.carbon_intensity_g_per_kwh", e.carbon_intensity_g_per_kwh, 0)
+    _in_range("energy.codecarbon.measure_power_secs", e.codecarbon.measure_power_secs, 0.1, 3600.0)
 
     r = cfg.run
     _at_least("run.warmup_batches", r.warmup_batches, 0)

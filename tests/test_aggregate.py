@@ -237,13 +237,13 @@ def test_flops_memory_batching():
     assert (s["memory"]["peak_rss_bytes"], s["memory"]["cuda_peak_allocated_bytes"], s["memory"]["cuda_peak_reserved_bytes"]) == (2000, 9, 11)
     b = s["batching"]
     assert b["n_batches"] == 2 and b["batch_size_histogram"] == {"1": 1, "2": 1}
-    assert b["padding_ratio"] == pytest.approx(20 / 120)
+    assert b["padding_fraction"] == pytest.approx(20 / 120)
 
 
 def test_unknowns_are_null_not_zero():
     s = summarize([proc(phases=[gen(0.0, 10.0)], requests=[req(0, 0.0)], flops=FlopsRecord())])
     assert s["flops"]["total_flops"] is None and s["flops"]["flops_per_output_token"] is None
-    assert s["memory"]["peak_rss_bytes"] is None and s["batching"]["padding_ratio"] is None
+    assert s["memory"]["peak_rss_bytes"] is None and s["batching"]["padding_fraction"] is None
 
 
 def test_short_window_warns_with_its_length():

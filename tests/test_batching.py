@@ -44,7 +44,7 @@ def test_sorted_static_is_longest_first_and_stable() -> None:
 def test_sorted_static_pads_less_than_static() -> None:
     static = batch_stats(plan(BatchingStrategy.static))
     ordered = batch_stats(plan(BatchingStrategy.sorted_static))
-    assert ordered["padding_ratio"] < static["padding_ratio"]
+    assert ordered["padding_fraction"] < static["padding_fraction"]
     assert ordered["n_batches"] == static["n_batches"] == 5
 
 
@@ -83,7 +83,7 @@ def test_request_over_budget_alone_gets_its_own_batch() -> None:
 def test_sorted_dynamic_pads_less_than_dynamic() -> None:
     dynamic = batch_stats(plan(BatchingStrategy.dynamic, budget=400))
     ordered = batch_stats(plan(BatchingStrategy.sorted_dynamic, budget=400))
-    assert ordered["padding_ratio"] < dynamic["padding_ratio"]
+    assert ordered["padding_fraction"] < dynamic["padding_fraction"]
     assert ordered["n_batches"] <= dynamic["n_batches"]
 
 
@@ -109,7 +109,7 @@ def test_no_requests_no_batches() -> None:
         "batch_size_histogram": {},
         "input_tokens": 0,
         "padded_input_tokens": 0,
-        "padding_ratio": 0.0,
+        "padding_fraction": 0.0,
     }
 
 
@@ -121,4 +121,4 @@ def test_batch_stats_by_hand() -> None:
     assert stats["batch_size_histogram"] == {1: 1, 2: 2}
     assert stats["input_tokens"] == 15
     assert stats["padded_input_tokens"] == 8 + 3 + 6  # left-padded to the longest of each batch
-    assert stats["padding_ratio"] == pytest.approx(17 / 15 - 1)
+    assert stats["padding_fraction"] == pytest.approx(17 / 15 - 1)

@@ -42,7 +42,9 @@ class PyTorchBackend:
 
     def init_engine(self) -> None:
         import torch
-        import transformers  # noqa: F401  (importing it is part of this engine's start-up cost)
+        import transformers  # importing it is part of this engine's start-up cost
+
+        transformers.utils.logging.disable_progress_bar()  # a bar per load would garble the run's output
 
         pt = self.cfg.backend.pytorch
         if pt.num_threads is not None:

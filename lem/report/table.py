@@ -176,7 +176,9 @@ def _compute(out: list[str], flops: Mapping[str, Any], mem: Mapping[str, Any], b
     _kv(out, "FLOPs", fmt_si(flops.get("total_flops"), "FLOP") + src)
     _kv(out, "per output token", fmt_si(flops.get("flops_per_output_token"), "FLOP"))
     _kv(out, "achieved", fmt_si(flops.get("flops_per_s"), "FLOP/s"))
+    out.append("")
+    out.append("batching")
     hist = batching.get("batch_size_histogram") or {}
     _kv(out, "batches", f"{fmt_num(batching.get('n_batches'))} (sizes: {', '.join(f'{k}×{v}' for k, v in hist.items()) or DASH})")
-    ratio = batching.get("padding_ratio")
+    ratio = batching.get("padding_fraction")
     _kv(out, "padding", DASH if ratio is None else f"{ratio * 100:.1f} % of input positions")

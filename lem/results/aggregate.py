@@ -403,17 +403,17 @@ def _batching_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
     sizes = Counter(batches.values())
     requests = [r for p in procs for r in p.requests]
     padded = [r.get("padded_input_tokens") for r in requests]
-    padding_ratio = None
+    padding_fraction = None
     padded_total = None
     if requests and all(v is not None for v in padded):
         padded_total = sum(int(v) for v in padded)  # type: ignore[arg-type]
         n_in = sum(int(r["input_tokens"]) for r in requests)
         # Share of the input positions the engine processed that were padding.
-        padding_ratio = (padded_total - n_in) / padded_total if padded_total else None
+        padding_fraction = (padded_total - n_in) / padded_total if padded_total else None
     return {
         "n_batches": len(batches),
         "mean_batch_size": sum(batches.values()) / len(batches) if batches else None,
         "batch_size_histogram": {str(size): sizes[size] for size in sorted(sizes)},
         "padded_input_tokens": padded_total,
-        "padding_ratio": padding_ratio,
+        "padding_fraction": padding_fraction,
     }

@@ -87,8 +87,8 @@ def _token_budget(
 def batch_stats(batches: Sequence[Sequence[PreparedRequest]]) -> dict[str, Any]:
     """Padding and shape of a batch plan.
 
-    ``padding_ratio`` = padded input tokens / real input tokens - 1, where each batch is
-    left-padded to its longest input (0.0 means no padding; 0.5 means 50% extra prefill tokens).
+    ``padding_fraction`` = share of the input positions the engine processes that are padding,
+    each batch left-padded to its longest input (0.0: no padding) — the summary's definition.
     """
     real_input_tokens = sum(r.input_tokens for batch in batches for r in batch)
     padded_input_tokens = sum(len(batch) * max((r.input_tokens for r in batch), default=0) for batch in batches)
@@ -99,5 +99,5 @@ def batch_stats(batches: Sequence[Sequence[PreparedRequest]]) -> dict[str, Any]:
         "batch_size_histogram": {size: sizes[size] for size in sorted(sizes)},
         "input_tokens": real_input_tokens,
         "padded_input_tokens": padded_input_tokens,
-        "padding_ratio": padded_input_tokens / real_input_tokens - 1.0 if real_input_tokens else 0.0,
+        "padding_fraction": (padded_input_tokens - real_input_tokens) / padded_input_tokens if padded_input_tokens else 0.0,
     }
