@@ -364,7 +364,6 @@ def validate(cfg: LemConfig) -> None:
     else:
         if t.target_qps is None or t.target_qps <= 0:
             raise ConfigError("traffic.target_qps", t.target_qps, f"a rate > 0 requests/s when traffic.arrival={t.arrival.value}")
-        raise ConfigError("traffic.arrival", t.arrival.value, "offline (constant and poisson arrivals are not implemented yet)")
     _in_range("traffic.burstiness", t.burstiness, 0.0, 1000.0, low_open=True)
 
     s = cfg.sharding

@@ -18,7 +18,9 @@ from typing import Any, Iterator
 from lem import __version__
 from lem.config import DatasetSource, LemConfig
 from lem.results.schema import EndRecord, FlopsRecord, HeaderRecord, PhaseRecord, RequestRecord
-from lem.workload.types import GenerationParams, PreparedRequest
+from lem.workload.scheduler import ScheduledBatch, open_loop_batches
+from lem.workload.traffic import arrival_offsets_s
+from lem.workload.types import GenerationParams
 
 
 class PhaseClock:
@@ -117,8 +119,9 @@ def run_measurement(cfg: LemConfig, composed_cfg: Any, run_dir: Path, process_in
         if prompts is None:
             prompts = load_prompts(cfg.dataset, tokenizer=backend.tokenizer)
         requests = prepare_requests(prompts, backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens)
-        batches = plan_batches(requests, cfg.batching, cfg.dataset.max_output_tokens)
         params = generation_params(cfg)
+        # Warmup runs the shapes the measured phase starts with: the first planned batches.
+        warmup_batches = plan_batches(requests, cfg.batching, params.max_output_tokens)[: cfg.run.warmup_batches]
 
         warmup_params = replace(
             params,
@@ -126,14 +129,14 @@ def run_measurement(cfg: LemConfig, composed_cfg: Any, run_dir: Path, process_in
             min_output_tokens=min(params.min_output_tokens, cfg.run.warmup_max_output_tokens),
         )
         with clock.phase("warmup", backend.synchronize):
-            for batch in batches[: cfg.run.warmup_batches]:
+            for batch in warmup_batches:
                 backend.generate(batch, warmup_params)
         writer.write(clock.phases[-1])
 
+        offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
         with clock.phase("generation", backend.synchronize):
-            arrival_s = clock.now_s()  # offline traffic: every request is available when generation starts
-            for batch_id, batch in enumerate(batches):
-                for record in _serve_batch(backend, batch, batch_id, params, clock, arrival_s):
+            for scheduled in open_loop_batches(requests, offsets_s, cfg.batching, params.max_output_tokens, clock.now_s):
+                for record in _serve_batch(backend, scheduled, params, clock):
                     writer.write(record)
         writer.write(clock.phases[-1])
 
@@ -148,26 +151,20 @@ def run_measurement(cfg: LemConfig, composed_cfg: Any, run_dir: Path, process_in
     return summary
 
 
-def _serve_batch(
-    backend: Any,
-    batch: list[PreparedRequest],
-    batch_id: int,
-    params: GenerationParams,
-    clock: PhaseClock,
-    arrival_s: float,
-) -> list[RequestRecord]:
+def _serve_batch(backend: Any, scheduled: ScheduledBatch, params: GenerationParams, clock: PhaseClock) -> list[RequestRecord]:
     from lem.workload.tokens import count_output_tokens
 
+    batch = scheduled.requests
     raws = backend.generate(batch, params)
     records = []
-    for request, raw in zip(batch, raws, strict=True):
+    for request, arrival_s, raw in zip(batch, scheduled.arrivals_s, raws, strict=True):
         n_output, finish_reason = count_output_tokens(raw.output_token_ids, backend.eos_token_ids, params.ignore_eos)
         token_times_s = [clock.rel(t) for t in raw.token_times[:n_output]]
         start_s = clock.rel(raw.start_time)
         records.append(
             RequestRecord(
                 request_id=request.request_id,
-                batch_id=batch_id,
+                batch_id=scheduled.batch_id,
                 batch_size=len(batch),
                 input_tokens=request.input_tokens,
                 output_tokens=n_output,

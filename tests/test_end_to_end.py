@@ -142,3 +142,28 @@ def test_killed_run_leaves_readable_records(tiny_model: Path, tmp_path: Path) ->
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["n_requests"] == len(requests)
     assert summary["status"] != "completed"
+
+
+def test_poisson_traffic_run_records_arrivals_and_queueing(tiny_model: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        lem_command(
+            run_dir, tiny_model, "traffic=poisson", "traffic.target_qps=20", "dataset.n_prompts=12",
+            "dataset.max_output_tokens=6", "batching.batch_size=4",
+        ),
+        cwd=tmp_path, env=lem_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = read_lines(run_dir / "raw" / "process-0.jsonl")
+    generation = next(line for line in lines if line["kind"] == "phase" and line["name"] == "generation")
+    requests = sorted((line for line in lines if line["kind"] == "request"), key=lambda r: r["arrival_s"])
+    assert len(requests) == 12
+    arrivals = [r["arrival_s"] for r in requests]
+    assert arrivals[0] == pytest.approx(generation["start_s"], abs=0.05)
+    assert len(set(arrivals)) == 12  # staggered, not all at t=0
+    for r in requests:
+        assert r["start_s"] >= r["arrival_s"] - 1e-6  # never served before it arrived
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["traffic"]["arrival"] == "poisson" and summary["traffic"]["target_qps"] == 20.0
+    assert summary["traffic"]["achieved_qps"] > 0
+    assert "arrivals" in result.stdout and "target 20" in result.stdout

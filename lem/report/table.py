@@ -60,7 +60,7 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     out: list[str] = []
     _run(out, summary.get("status"), summary.get("run") or {})
     _tokens(out, summary.get("n_requests"), summary.get("tokens") or {})
-    _throughput(out, summary.get("throughput") or {})
+    _throughput(out, summary.get("throughput") or {}, summary.get("traffic") or {})
     _latency(out, summary.get("latency") or {})
     _phases(out, summary.get("phases") or {})
     _energy(out, summary.get("energy") or {})
@@ -113,13 +113,16 @@ def _tokens(out: list[str], n_requests: int | None, tok: Mapping[str, Any]) -> N
         _kv(out, "finish reasons", ", ".join(f"{k} {v}" for k, v in reasons.items()))
 
 
-def _throughput(out: list[str], th: Mapping[str, Any]) -> None:
+def _throughput(out: list[str], th: Mapping[str, Any], traffic: Mapping[str, Any]) -> None:
     out.append("")
     out.append("throughput")
     _kv(out, "generation wall", fmt_num(th.get("generation_wall_s"), "s"))
     _kv(out, "output rate", fmt_num(th.get("output_tokens_per_s"), "tok/s"))
     _kv(out, "total rate (in+out)", fmt_num(th.get("total_tokens_per_s"), "tok/s"))
     _kv(out, "request rate", fmt_num(th.get("requests_per_s"), "req/s"))
+    if traffic.get("arrival") not in (None, "offline"):
+        target, achieved = fmt_num(traffic.get("target_qps"), "req/s"), fmt_num(traffic.get("achieved_qps"), "req/s")
+        _kv(out, "arrivals", f"{traffic['arrival']}: target {target}, achieved {achieved}")
 
 
 def _latency(out: list[str], lat: Mapping[str, Any]) -> None:

@@ -43,6 +43,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
     flops = _flops_section(procs, tokens, window_s, warnings)
     memory = _memory_section(procs)
     batching = _batching_section(procs)
+    traffic = _traffic_section(requests, config)
 
     if window_s is not None and window_s < MIN_WINDOW_S:
         warnings.append(
@@ -67,6 +68,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
         "flops": flops,
         "memory": memory,
         "batching": batching,
+        "traffic": traffic,
         "warnings": warnings,
         "config": copy.deepcopy(dict(config)) if config is not None else None,
     }
@@ -416,4 +418,19 @@ def _batching_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
         "batch_size_histogram": {str(size): sizes[size] for size in sorted(sizes)},
         "padded_input_tokens": padded_total,
         "padding_fraction": padding_fraction,
+    }
+
+
+def _traffic_section(requests: list[dict[str, Any]], config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The arrival process asked for against the one the engine actually saw."""
+    traffic_cfg = (config or {}).get("traffic") or {}
+    arrivals = sorted(float(r["arrival_s"]) for r in requests)
+    achieved = None
+    if len(arrivals) >= 2 and arrivals[-1] > arrivals[0]:
+        achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    return {
+        "arrival": traffic_cfg.get("arrival"),
+        "target_qps": traffic_cfg.get("target_qps"),
+        "achieved_qps": achieved,  # null for offline traffic: every request arrives at once
+        "burstiness": traffic_cfg.get("burstiness"),
     }
