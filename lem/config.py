@@ -188,10 +188,15 @@ class PrecisionConfig:
 
 @dataclass
 class CodeCarbonConfig:
-    enabled: bool = True
+    enabled: bool = True  # offline tracker: CPU/RAM estimate where no RAPL, and grid carbon intensity
     country_iso_code: str = "USA"  # grid carbon intensity used for CO2 (CodeCarbon's offline data)
-    region: str | None = None  # e.g. "california"; finer grid data where CodeCarbon has it
-    measure_power_secs: float = 1.0
+    region: str | None = None  # e.g. "california"; finer grid data where CodeCarbon has it (USA, CAN, CHN, Nordics)
+    measure_power_secs: float = 1.0  # how often the estimate is updated between window boundaries
+    # "machine": whole-machine CPU load x TDP (CodeCarbon's default); "process": this process's
+    # share of the CPUs x TDP (no idle floor), better on a shared machine.
+    tracking_mode: str = "machine"
+    cpu_tdp_w: float | None = None  # the CPU TDP for the estimate when CodeCarbon does not know the model
+    ram_power_w: float | None = None  # RAM power for the estimate (default: CodeCarbon's model from RAM size)
 
 
 @dataclass
@@ -382,6 +387,14 @@ def validate(cfg: LemConfig) -> None:
     if e.carbon_intensity_g_per_kwh is not None:
         _at_least("energy.carbon_intensity_g_per_kwh", e.carbon_intensity_g_per_kwh, 0)
     _in_range("energy.codecarbon.measure_power_secs", e.codecarbon.measure_power_secs, 0.1, 3600.0)
+    if e.codecarbon.tracking_mode not in ("machine", "process"):
+        raise ConfigError("energy.codecarbon.tracking_mode", e.codecarbon.tracking_mode, "machine or process")
+    if e.codecarbon.cpu_tdp_w is not None:
+        _in_range("energy.codecarbon.cpu_tdp_w", e.codecarbon.cpu_tdp_w, 0.0, 10_000.0, low_open=True)
+    if e.codecarbon.ram_power_w is not None:
+        _in_range("energy.codecarbon.ram_power_w", e.codecarbon.ram_power_w, 0.0, 10_000.0)
+    if not e.codecarbon.country_iso_code.isalpha() or len(e.codecarbon.country_iso_code) != 3:
+        raise ConfigError("energy.codecarbon.country_iso_code", e.codecarbon.country_iso_code, "a 3-letter ISO 3166 country code such as USA, FRA, DEU")
 
     r = cfg.run
     _at_least("run.warmup_batches", r.warmup_batches, 0)

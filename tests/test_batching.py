@@ -121,4 +121,4 @@ def test_batch_stats_by_hand() -> None:
     assert stats["batch_size_histogram"] == {1: 1, 2: 2}
     assert stats["input_tokens"] == 15
     assert stats["padded_input_tokens"] == 8 + 3 + 6  # left-padded to the longest of each batch
-    assert stats["padding_fraction"] == pytest.approx(17 / 15 - 1)
+    assert stats["padding_fraction"] == pytest.approx(2 / 17)  # padding share of the 17 positions processed

@@ -45,7 +45,7 @@ def test_table_shows_key_figures():
     assert ttft[1:5] == ["20.00"] * 4  # mean p50 p90 p99 in ms
     assert "0.400 J/tok" in line(text, "per output token")  # 80 J / 200 tokens
     gen = line(text, "generation  ").split()  # the phase row, not "generation wall"
-    assert gen[1:4] == ["8.00", "80.00", "counter"]
+    assert gen[1:6] == ["8.00", "80.00", DASH, "10.00", "counter"]  # wall, energy, net (no baseline), mean W, source
     assert "512.0 MiB" in line(text, "peak RSS")
     for section in ("tokens", "throughput", "latency (ms)", "phases", "memory"):
         assert section in text.splitlines()
@@ -58,7 +58,7 @@ def test_nulls_render_as_dash_never_zero():
     assert line(text, "CUDA peak allocated").split()[-1] == DASH
     engine_init = line(text, "engine_init")
     assert DASH in engine_init and "not measured" in engine_init
-    assert line(text, "generation  ").split()[1:5] == ["8.00", DASH, "not", "measured"]
+    assert line(text, "generation  ").split()[1:7] == ["8.00", DASH, DASH, DASH, "not", "measured"]
     assert "energy (generation): not measured" in text
     assert "no energy measured" in text  # the warning is shown
 

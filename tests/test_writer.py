@@ -86,7 +86,9 @@ def test_round_trip_groups_records_by_kind(tmp_path: Path):
     rec = read_raw_file(path)
     assert rec.header["model"] == "tiny" and rec.header["schema_version"] == "lem.raw/1"
     assert [p["name"] for p in rec.phases] == ["model_load", "generation"]
-    assert rec.phases[0]["energy"] == [{"device": "cuda:0", "component": "gpu", "energy_j": 5.0, "source": "counter"}]
+    (reading,) = rec.phases[0]["energy"]
+    assert {k: reading[k] for k in ("device", "component", "energy_j", "source")} == {"device": "cuda:0", "component": "gpu", "energy_j": 5.0, "source": "counter"}
+    assert reading["net_energy_j"] is None  # no idle baseline: net stays null, never 0
     assert [r["request_id"] for r in rec.requests] == [0, 1]
     assert rec.requests[0]["token_times_s"] == [1.1, 1.2]
     assert rec.memory[0]["peak_rss_bytes"] == 1024

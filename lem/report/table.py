@@ -63,7 +63,7 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     _throughput(out, summary.get("throughput") or {}, summary.get("traffic") or {})
     _latency(out, summary.get("latency") or {})
     _phases(out, summary.get("phases") or {})
-    _energy(out, summary.get("energy") or {})
+    _energy(out, summary.get("energy") or {}, summary.get("utilisation") or {})
     _compute(out, summary.get("flops") or {}, summary.get("memory") or {}, summary.get("batching") or {})
     warnings = summary.get("warnings") or []
     out.append("")
@@ -147,24 +147,63 @@ def _phases(out: list[str], phases: Mapping[str, Any]) -> None:
             source += f" ({', '.join(ph['energy_components'])})"
         if energy is not None and ph.get("estimated_energy_j") is not None and ph.get("energy_source") != "estimated":
             source += f"; + {fmt_num(ph['estimated_energy_j'])} J estimated"
-        rows.append([name, fmt_num(ph.get("wall_s")), fmt_num(energy), source])
+        wall = ph.get("wall_s")
+        power = energy / wall if energy is not None and wall else None
+        rows.append([name, fmt_num(wall), fmt_num(energy), fmt_num(ph.get("net_energy_j")), fmt_num(power), source])
     if not rows:
-        rows.append(["(none recorded)", DASH, DASH, ""])
-    _grid(out, "phases", ["", "wall s", "energy J", "source"], rows, align="lrrl")
+        rows.append(["(none recorded)", DASH, DASH, DASH, DASH, ""])
+    _grid(out, "phases", ["", "wall s", "energy J", "net J", "mean W", "source"], rows, align="lrrrrl")
 
 
-def _energy(out: list[str], en: Mapping[str, Any]) -> None:
+def _energy(out: list[str], en: Mapping[str, Any], util: Mapping[str, Any] | None = None) -> None:
     out.append("")
     source = en.get("source")
     out.append(f"energy (generation, {source})" if source else "energy (generation): not measured")
-    _kv(out, "per output token", fmt_num(en.get("j_per_output_token"), "J/tok"))
+    net = en.get("net_j_per_output_token")
+    _kv(out, "per output token", fmt_num(en.get("j_per_output_token"), "J/tok") + (f" (net of idle {fmt_num(net, 'J/tok')})" if net is not None else ""))
     _kv(out, "per request", fmt_num(en.get("j_per_request"), "J/req"))
-    _kv(out, "mean power", fmt_num(en.get("mean_power_w"), "W"))
+    idle = en.get("idle_power_w")
+    _kv(out, "mean power", fmt_num(en.get("mean_power_w"), "W") + (f" (idle {fmt_num(idle, 'W')})" if idle is not None else ""))
     _kv(out, "tokens per joule", fmt_num(en.get("output_tokens_per_j"), "tok/J"))
     if source != "estimated" and en.get("estimated_j_per_output_token") is not None:
         _kv(out, "estimated, apart", fmt_num(en.get("estimated_j_per_output_token"), "J/tok"))
     for g in en.get("by_component") or []:
         _kv(out, f"  {g['component']} ({g['source']})", f"{fmt_num(g.get('energy_j'), 'J')}, {fmt_num(g.get('j_per_output_token'), 'J/tok')}")
+    ss = en.get("steady_state") or {}
+    if ss.get("j_per_output_token") is not None:
+        _kv(
+            out,
+            "steady state",
+            f"{fmt_num(ss['j_per_output_token'], 'J/tok')} over {fmt_num(ss.get('wall_s'), 's')} at concurrency "
+            f"{ss.get('concurrency')} ({ss.get('energy_source')})",
+        )
+    if en.get("run_energy_j") is not None:
+        frac = en.get("phase_sum_fraction")
+        share = f"; phases add up to {frac * 100:.1f} %" if frac is not None else ""
+        _kv(out, "whole run", f"{fmt_num(en['run_energy_j'], 'J')} ({en.get('run_energy_source')}){share}")
+    co2 = en.get("co2") or {}
+    if co2.get("co2_g") is not None:
+        _kv(
+            out,
+            "CO2",
+            f"{fmt_num(co2['co2_g'], 'g')} ({co2.get('energy_source')}; {fmt_num(co2.get('carbon_intensity_g_per_kwh'), 'g/kWh')}, "
+            f"PUE {co2.get('pue'):g}), {fmt_num(co2.get('co2_g_per_output_token'), 'g/tok')}",
+        )
+    base = en.get("idle_baseline") or {}
+    for d in base.get("devices") or []:
+        spread = f" ± {fmt_num(d.get('std_power_w'))}" if d.get("std_power_w") is not None else ""
+        cached = ", cached" if base.get("cached") else ""
+        _kv(out, f"  idle {d['device']}", f"{fmt_num(d.get('mean_power_w'))}{spread} W ({d.get('source')}, n={d.get('n_samples')}, {fmt_num(base.get('duration_s'), 's')}{cached})")
+    for d in (util or {}).get("devices") or []:
+        parts = [
+            f"SM {fmt_num(d.get('mean_sm_util_pct'))} %",
+            f"mem {fmt_num(d.get('mean_mem_util_pct'))} %",
+            f"{fmt_num(d.get('mean_sm_clock_mhz'), 'MHz')}",
+            f"max {fmt_num(d.get('max_temp_c'), '°C')}",
+        ]
+        if d.get("throttled"):
+            parts.append("throttled: " + ", ".join(d.get("throttle_reasons") or []))
+        _kv(out, f"  {d['device']} telemetry", ", ".join(parts))
 
 
 def _compute(out: list[str], flops: Mapping[str, Any], mem: Mapping[str, Any], batching: Mapping[str, Any]) -> None:

@@ -13,13 +13,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lem.errors import LemError
+from lem.results.energy import energy_of, energy_section, utilisation_section
 from lem.results.latency import distribution, request_latencies
 from lem.results.reader import RawProcessRecords
 from lem.results.schema import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
 
-MEASURED_SOURCES = frozenset({"counter", "sampled", "rapl"})  # read from a sensor
-ESTIMATED_SOURCE = "estimated"  # a model (e.g. CodeCarbon's TDP × load), not a sensor
-WHOLE_SYSTEM_COMPONENTS = frozenset({"system"})  # overlaps gpu/cpu/dram: never summed with them
 HOST_SHARED_COMPONENTS = frozenset({"cpu", "dram", "system"})  # one physical meter per host
 MIN_WINDOW_S = 5.0  # below this the energy counters' resolution dominates the figure
 RECOMMENDED_WINDOW_S = 20.0
@@ -39,7 +37,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
     throughput = _throughput_section(len(requests), tokens, window_s)
     latency = {metric: distribution(values) for metric, values in request_latencies(requests).items()}
     phases, phases_per_process = _phases_section(procs, warnings)
-    energy = _energy_section(phases, len(requests), tokens, warnings)
+    energy = energy_section(procs, phases, requests, tokens, _clock_offsets(procs), warnings)
     flops = _flops_section(procs, tokens, window_s, warnings)
     memory = _memory_section(procs)
     batching = _batching_section(procs)
@@ -65,6 +63,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
         "phases": phases,
         "phases_per_process": phases_per_process,
         "energy": energy,
+        "utilisation": utilisation_section(procs),
         "flops": flops,
         "memory": memory,
         "batching": batching,
@@ -254,95 +253,6 @@ def _warn_shared_meters(phase: str, readings: list[tuple[RawProcessRecords, dict
                 f"{phase}: {device} on {host} reported by processes {sorted(indices)}; "
                 "summing them counts that meter more than once"
             )
-
-
-def energy_of(readings: list[Mapping[str, Any]], warnings: list[str], where: str = "") -> dict[str, Any]:
-    """Energy of one phase from its readings, grouped by (component, source); measured and estimated kept apart.
-
-    ``energy_j`` is the headline: the measured total if any sensor read something, else the
-    estimated total, else None (with ``energy_source`` None). Each total sums gpu/cpu/dram
-    (and any other component) but not ``system``, which already contains them; a
-    ``system`` reading is the total only when it is the sole component.
-    """
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in readings:
-        value = r.get("energy_j")
-        if value is None:  # nothing measured this device: leave it out, don't count it as 0
-            continue
-        source = r.get("source") or "unknown"
-        key = (str(r.get("component")), str(source))
-        g = groups.setdefault(key, {"component": key[0], "source": key[1], "energy_j": 0.0, "n_readings": 0})
-        g["energy_j"] += float(value)
-        g["n_readings"] += 1
-    by_component = [groups[k] for k in sorted(groups)]
-    if any(g["source"] == "unknown" for g in by_component):
-        warnings.append(f"{where}: energy readings without a source are listed but left out of every total")
-
-    measured = _class_total([g for g in by_component if g["source"] in MEASURED_SOURCES])
-    estimated = _class_total([g for g in by_component if g["source"] == ESTIMATED_SOURCE])
-    headline = measured if measured["energy_j"] is not None else estimated
-    return {
-        "energy_j": headline["energy_j"],
-        "energy_source": headline["source"],
-        "energy_components": headline["components"],
-        "measured_energy_j": measured["energy_j"],
-        "estimated_energy_j": estimated["energy_j"],
-        "energy_by_component": by_component,
-    }
-
-
-def _class_total(groups: list[dict[str, Any]]) -> dict[str, Any]:
-    parts = [g for g in groups if g["component"] not in WHOLE_SYSTEM_COMPONENTS] or groups
-    if not parts:
-        return {"energy_j": None, "source": None, "components": []}
-    return {
-        "energy_j": sum(g["energy_j"] for g in parts),
-        "source": "+".join(sorted({g["source"] for g in parts})),
-        "components": sorted({g["component"] for g in parts}),
-    }
-
-
-def _energy_section(phases: dict[str, Any], n_req: int, tokens: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
-    """Headline energy figures of the measured generation phase, per token, request and second."""
-    gen = phases.get("generation") or {}
-    e = gen.get("energy_j")
-    n_out = tokens["output_tokens"]
-    wall = gen.get("wall_s")
-
-    def per(total: float | None, count: float | None) -> float | None:
-        return total / count if total is not None and count else None
-
-    any_energy = any(ph.get("energy_by_component") for ph in phases.values())
-    if not any_energy:
-        warnings.append("no energy measured: every energy figure is null (no sensor available or energy measurement off)")
-    elif e is None:
-        warnings.append("no energy measured for the generation phase: per-token energy is null")
-    if gen.get("energy_source") == ESTIMATED_SOURCE:
-        warnings.append("energy estimated: generation energy comes from a model (estimated), not a sensor")
-    elif gen.get("estimated_energy_j") is not None:
-        est = sorted({g["component"] for g in gen["energy_by_component"] if g["source"] == ESTIMATED_SOURCE})
-        warnings.append(f"energy of {', '.join(est)} estimated; reported apart from the measured figures")
-
-    totals = list(phases.values())
-    # A sum over phases only when every phase was measured, on one basis (same sources and components).
-    same_basis = all(ph.get("energy_j") is not None for ph in totals) and (
-        len({(ph["energy_source"], tuple(ph["energy_components"])) for ph in totals}) == 1
-    )
-    return {
-        "generation_energy_j": e,
-        "source": gen.get("energy_source"),
-        "components": gen.get("energy_components", []),
-        "j_per_output_token": per(e, n_out),
-        "j_per_request": per(e, n_req),
-        "output_tokens_per_j": n_out / e if e else None,
-        "mean_power_w": per(e, wall),
-        "measured_j_per_output_token": per(gen.get("measured_energy_j"), n_out),
-        "estimated_j_per_output_token": per(gen.get("estimated_energy_j"), n_out),
-        "by_component": [
-            {**g, "j_per_output_token": per(g["energy_j"], n_out)} for g in gen.get("energy_by_component", [])
-        ],
-        "all_phases_energy_j": sum(ph["energy_j"] for ph in totals) if totals and same_basis else None,
-    }
 
 
 # --- flops, memory, batching -------------------------------------------------------------

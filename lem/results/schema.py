@@ -46,12 +46,101 @@ class HeaderRecord:
 
 @dataclass
 class EnergyReading:
-    """Energy of one phase on one device/component. Filled by the energy layer (issue 3)."""
+    """Energy of one window (phase) on one device/component, filled by ``lem.measure.energy``."""
 
-    device: str  # e.g. "cuda:0", "cpu-package-0", "dram-0", "system"
+    device: str  # e.g. "cuda:0", "cpu-package-0", "dram-0", "cpu", "ram", "system"
     component: str  # "gpu" | "cpu" | "dram" | "system" (system: a whole-machine figure that already contains the others)
-    energy_j: float | None = None
+    energy_j: float | None = None  # gross: everything the device drew in the window
     source: EnergySource | None = None
+    # Net of idle: energy_j - idle_power_w x window duration (can be slightly negative: noise).
+    # None when no idle baseline covers this device.
+    net_energy_j: float | None = None
+    idle_power_w: float | None = None  # the baseline's mean power used for net_energy_j
+    idle_power_std_w: float | None = None  # the baseline's spread (sample standard deviation)
+    # Power samples integrated over the window (trapezoidal): the primary figure when source is
+    # "sampled", a cross-check beside a counter otherwise; None when no power was sampled.
+    sampled_energy_j: float | None = None
+    n_samples: int | None = None  # power samples inside the window (boundaries included)
+    throttle_reasons: list[str] | None = None  # GPU clock-event reasons seen in the window (NVML), [] none
+    other_pids: list[int] | None = None  # other processes seen on this GPU during the window, [] none
+
+
+@dataclass
+class IdlePower:
+    """Idle power of one device/component, measured before the engine starts."""
+
+    device: str
+    component: str
+    mean_power_w: float  # window energy / duration (counter, RAPL, estimate or integrated samples)
+    std_power_w: float | None  # sample standard deviation of the power readings in the window
+    n_samples: int  # power readings behind std_power_w
+    source: EnergySource
+
+
+@dataclass
+class IdleBaselineRecord:
+    """The idle baseline subtracted from every window's gross energy (one per process)."""
+
+    duration_s: float
+    measured_unix_s: float  # when it was measured (older than this run when cached)
+    cached: bool  # reused from the user cache (energy.idle_baseline_cache_max_age_s) instead of measured now
+    power: list[IdlePower] = field(default_factory=list)
+    start_s: float | None = None  # on this process's clock; None when cached
+    end_s: float | None = None
+    kind: str = "idle_baseline"
+
+
+@dataclass
+class EnergyWindowRecord:
+    """A measured window that is not one of the phases, e.g. ``run`` (all phases and the gaps between them)."""
+
+    name: str
+    start_s: float
+    end_s: float
+    energy: list[EnergyReading] = field(default_factory=list)
+    kind: str = "energy_window"
+
+
+@dataclass
+class PowerSamplesRecord:
+    """The power/utilisation timeline of one device, columnar (one list per field, aligned on t_s).
+
+    ``energy_j`` is the device's cumulative counter since the meter started (null where the
+    counter was not read at that row), so the energy of any sub-window can be recomputed late.
+    The GPU columns are null (not lists) for devices that have no such reading.
+    """
+
+    device: str
+    component: str
+    power_kind: str | None  # "instant" (NVML field), "power_usage" (nvmlDeviceGetPowerUsage: 1 s average on Ampere+), "counter_delta"
+    source: EnergySource | None  # what energy_j counts: "counter", "rapl", "estimated", or None
+    t_s: list[float] = field(default_factory=list)
+    power_w: list[float | None] = field(default_factory=list)
+    energy_j: list[float | None] = field(default_factory=list)
+    sm_util_pct: list[float | None] | None = None
+    mem_util_pct: list[float | None] | None = None
+    sm_clock_mhz: list[float | None] | None = None
+    mem_clock_mhz: list[float | None] | None = None
+    temp_c: list[float | None] | None = None
+    throttle_reasons: list[int | None] | None = None  # NVML clock-event reason bit mask
+    kind: str = "power_samples"
+
+
+@dataclass
+class EnergyMeterRecord:
+    """How energy was measured in this process: devices, sources, carbon intensity, overhead, validity warnings."""
+
+    channels: list[dict[str, Any]]  # {device, component, source, power_kind, name, notes}
+    notes: list[str]  # sources tried and why they were not used
+    sample_interval_s: float
+    carbon_intensity_g_per_kwh: float | None
+    carbon_intensity_source: str | None
+    pue: float
+    codecarbon: dict[str, Any] | None  # version, cpu_model, cpu_tdp_w, tdp_basis, ram_power_w, overhead
+    sampler_cpu_s: float | None  # CPU time of the sampler thread
+    sampler_wall_s: float | None
+    warnings: list[str] = field(default_factory=list)
+    kind: str = "energy_meter"
 
 
 @dataclass
@@ -97,8 +186,15 @@ class MemoryRecord:
 class FlopsRecord:
     """FLOPs of the measured generation phase. Filled by the FLOPs layer (issue 3)."""
 
-    total_flops: float | None = None
+    total_flops: float | None = None  # executed: padding and finished rows of a padded batch included (headline)
     source: str | None = None  # "calflops" | "analytical" | "2x_params" | None
+    useful_flops: float | None = None  # each request alone, unpadded, KV cache on (MFU's numerator)
+    prefill_flops: float | None = None  # executed, prefill forwards
+    decode_flops: float | None = None  # executed, decode forwards
+    strategy: str | None = None  # the strategy asked for (flops.strategy); source says which one counted
+    calflops_vs_analytical: float | None = None  # calflops / analytical for one prefill forward, when both ran
+    peak_flops_per_s: float | None = None  # dense peak of the device for the compute dtype; None on CPU/unknown GPU
+    notes: list[str] = field(default_factory=list)  # why a strategy was skipped, cross-checks, caveats
     kind: str = "flops"
 
 

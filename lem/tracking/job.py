@@ -1,0 +1,145 @@
+"""Log one job (a single run or one job of a sweep) from inside the job's process.
+
+:func:`run_tracked` wraps the measured run: whatever happens, the run directory is logged —
+FINISHED, or FAILED with its traceback (also kept as ``error.txt`` in the run directory) —
+and the exception is re-raised for the caller to report. Tracking never breaks a run: an
+unreachable store gives one warning and the local results stay complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lem.tracking.store import ENV_PARENT_RUN_ID, ENV_SWEEP_ID, Target, TrackingUnavailable, target_from_config
+
+_HANDLED: set[str] = set()  # run dirs this process has logged (or tried to): the callback skips them
+
+
+def _key(run_dir: str | os.PathLike[str]) -> str:
+    return str(Path(run_dir).resolve())
+
+
+def is_handled(run_dir: str | os.PathLike[str]) -> bool:
+    return _key(run_dir) in _HANDLED
+
+
+def sweep_context() -> tuple[str | None, str | None, int | None, Path | None]:
+    """``(parent_run_id, sweep_id, job_num, sweep_dir)`` of the current job, Nones outside a sweep.
+
+    The parent arrives through the environment (set by the callback in this process or
+    inherited from the launcher) or, for a job on another node, through the sweep
+    directory's ``.lem_sweep.json``.
+    """
+    parent, sweep_id = os.environ.get(ENV_PARENT_RUN_ID) or None, os.environ.get(ENV_SWEEP_ID) or None
+    job_num, sweep_dir = None, None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            if hc.mode == RunMode.MULTIRUN:
+                job_num = int(hc.job.num)
+                sweep_dir = Path(hc.sweep.dir)
+                if not sweep_dir.is_absolute():
+                    sweep_dir = Path(hc.runtime.cwd) / sweep_dir
+    except Exception:  # noqa: BLE001 - outside a Hydra job
+        pass
+    if sweep_dir is not None and (parent is None or sweep_id is None):
+        from lem.tracking.sweep import read_sweep_file
+
+        info = read_sweep_file(sweep_dir) or {}
+        parent = parent or info.get("parent_run_id")
+        sweep_id = sweep_id or info.get("sweep_id")
+    return parent, sweep_id, job_num, sweep_dir
+
+
+def _plain(cfg: Any) -> dict[str, Any] | None:
+    if cfg is None:
+        return None
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            try:
+                data = OmegaConf.to_container(cfg, resolve=True)
+            except Exception:  # noqa: BLE001 - ${hydra:...} and missing values outside a job
+                data = OmegaConf.to_container(cfg, resolve=False)
+        else:
+            import dataclasses
+
+            data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    except Exception:  # noqa: BLE001
+        return None
+    if not isinstance(data, dict):
+        return None
+    data = {str(k): v for k, v in data.items() if k != "hydra"}
+    return data
+
+
+def log_job(composed_cfg: Any, run_dir: str | os.PathLike[str], *, error_text: str | None = None, target: Target | None = None) -> str | None:
+    """Log this job's run directory (as a child when in a sweep); return the MLflow run id, or None."""
+    from lem.tracking.mlflow_sink import log_run_dir
+    from lem.tracking.store import warn_logging_failed, warn_unavailable
+
+    _HANDLED.add(_key(run_dir))
+    if target is None:
+        target = target_from_config(composed_cfg)
+    if target is None:
+        return None
+    parent, sweep_id, job_num, sweep_dir = sweep_context()
+    try:
+        run_id, _ = log_run_dir(
+            run_dir, target, parent_run_id=parent, sweep_id=sweep_id, job_num=job_num,
+            error_text=error_text, config=_plain(composed_cfg),
+        )
+        return run_id
+    except TrackingUnavailable as exc:
+        warn_unavailable(target, str(exc), sweep_dir or run_dir)
+    except Exception as exc:  # noqa: BLE001 - tracking must never break the run
+        warn_logging_failed(run_dir, exc)
+    return None
+
+
+def write_error(run_dir: str | os.PathLike[str], text: str) -> None:
+    from lem.tracking.mlflow_sink import ERROR_FILE
+
+    path = Path(run_dir)
+    if path.is_dir():
+        try:
+            (path / ERROR_FILE).write_text(text)
+        except OSError:
+            pass
+
+
+def run_tracked(lem_cfg: Any, composed_cfg: Any, run_dir: str | os.PathLike[str], run_fn: Callable[[], Any]) -> Any:
+    """Call ``run_fn()`` and log ``run_dir`` to MLflow: FINISHED, or FAILED with the traceback.
+
+    ``lem_cfg`` (the validated LemConfig, or None when validation itself is inside
+    ``run_fn``) gives the tracking settings; ``composed_cfg`` (Hydra's DictConfig) gives the
+    params. Exceptions from ``run_fn`` are re-raised after logging; in a multirun the
+    caller swallows them so the sweep goes on (see lem/__main__.py).
+    """
+    try:
+        target = target_from_config(lem_cfg if lem_cfg is not None else composed_cfg)
+    except ValueError as exc:
+        print(f"lem: warning: {exc}; this run is not tracked", file=sys.stderr)
+        target = None
+    if target is None:
+        _HANDLED.add(_key(run_dir))
+    try:
+        result = run_fn()
+    except Exception:
+        text = traceback.format_exc()
+        write_error(run_dir, text)
+        if target is not None:
+            log_job(composed_cfg, run_dir, error_text=text, target=target)
+        raise
+    if target is not None:
+        log_job(composed_cfg, run_dir, target=target)
+    return result

@@ -1,0 +1,270 @@
+"""Where runs are logged: the tracking URI, the experiment, and one connection per process.
+
+Default store: SQLite at ``<project>/mlruns/mlflow.db`` with artifacts in
+``<project>/mlruns/artifacts/`` (MLflow >= 3.13 refuses the old ``./mlruns`` file store).
+The project root is the source checkout lem runs from, never the working directory
+Hydra gives a job. ``tracking.tracking_uri`` wins, then ``MLFLOW_TRACKING_URI``, then
+the default.
+
+A store that cannot be reached is reported once per process (one warning line naming
+``python -m lem.sync``); the run's local results are never affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+DEFAULT_EXPERIMENT = "lem"
+STORE_DIRNAME = "mlruns"
+DB_FILENAME = "mlflow.db"
+ARTIFACTS_DIRNAME = "artifacts"
+# Experiment tag the MLflow 3 UI reads to open the classic runs view (not the GenAI traces view).
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+# How a sweep's parent run reaches its jobs: env vars (same process, or inherited by launcher
+# subprocesses), and a file in the sweep directory (jobs on other nodes with a shared filesystem).
+ENV_PARENT_RUN_ID = "LEM_MLFLOW_PARENT_RUN_ID"
+ENV_SWEEP_ID = "LEM_SWEEP_ID"
+SWEEP_FILE = ".lem_sweep.json"
+
+
+class TrackingUnavailable(Exception):
+    """The tracking store could not be reached (or refused to open)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A tracking store and the experiment to log into."""
+
+    uri: str
+    experiment_name: str = DEFAULT_EXPERIMENT
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Artifact folder for a new experiment in a SQLite store: beside the database, not in the cwd."""
+        db = sqlite_path(self.uri)
+        if db is None:
+            return None  # a server or a database elsewhere decides where artifacts live
+        return str(db.parent / ARTIFACTS_DIRNAME / _slug(self.experiment_name))
+
+
+def project_root() -> Path:
+    """The source checkout lem runs from; else the directory the command was started in."""
+    here = Path(__file__).resolve().parent.parent.parent
+    if (here / "pyproject.toml").is_file() and (here / "conf").is_dir():
+        return here
+    return original_cwd()
+
+
+def original_cwd() -> Path:
+    """The directory the user started lem in (Hydra's runtime.cwd inside a job)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.cwd)
+    except Exception:  # noqa: BLE001 - outside Hydra, or Hydra not importable
+        pass
+    return Path.cwd()
+
+
+def default_store_dir() -> Path:
+    return project_root() / STORE_DIRNAME
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{default_store_dir() / DB_FILENAME}"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """``tracking.tracking_uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<project>/mlruns/mlflow.db``.
+
+    A relative SQLite path is made absolute against the directory lem was started in, so a
+    job's working directory never moves the store.
+    """
+    uri = (configured or "").strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip() or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        path = unquote(uri[len("sqlite:///"):])
+        if path and path != ":memory:" and not os.path.isabs(path):
+            uri = f"sqlite:///{(original_cwd() / path).resolve()}"
+    elif "://" not in uri and not uri.startswith(("databricks", "file:")):
+        raise ValueError(
+            f"tracking.tracking_uri={uri}: expected a URI such as sqlite:///path/mlflow.db, "
+            "http://host:5000 or postgresql://...; MLflow >= 3.13 no longer accepts a bare ./mlruns folder"
+        )
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = unquote(uri[len("sqlite:///"):].split("?", 1)[0])
+    return None if not path or path == ":memory:" else Path(path)
+
+
+def target_from_config(cfg: Any) -> Target | None:
+    """The Target of a config's ``tracking`` section (a LemConfig, DictConfig or dict); None when disabled."""
+    section = _get(cfg, "tracking")
+    if section is None:
+        return Target(resolve_tracking_uri(None))
+    if not _get(section, "enabled", True):
+        return None
+    name = _get(section, "experiment_name", None) or DEFAULT_EXPERIMENT
+    return Target(resolve_tracking_uri(_get(section, "tracking_uri", None)), str(name))
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if obj is None:
+        return default
+    if isinstance(obj, Mapping):
+        return obj.get(key, default)
+    try:
+        return getattr(obj, key, default)
+    except Exception:  # noqa: BLE001 - an OmegaConf node with a missing value
+        return default
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+
+
+# --- one connection per process; one warning per store ---------------------------------------
+
+_CONNECTIONS: dict[Target, tuple[Any, str]] = {}
+_UNAVAILABLE: dict[str, str] = {}  # uri -> why (sticky for the process: no retry storms in a sweep)
+_WARNED: set[str] = set()
+
+
+def connect(target: Target) -> tuple[Any, str]:
+    """``(MlflowClient, experiment_id)`` for ``target``, creating the experiment on first use.
+
+    Raises TrackingUnavailable when the store cannot be reached; later calls for the same
+    URI fail at once instead of waiting again.
+    """
+    if target in _CONNECTIONS:
+        return _CONNECTIONS[target]
+    if target.uri in _UNAVAILABLE:
+        raise TrackingUnavailable(_UNAVAILABLE[target.uri])
+    try:
+        _probe(target.uri)
+        _quiet_mlflow_logging()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=target.uri)
+        experiment_id = _ensure_experiment(client, target)
+    except Exception as exc:  # noqa: BLE001 - any failure to open the store means "unavailable"
+        reason = _one_line(exc)
+        _UNAVAILABLE[target.uri] = reason
+        raise TrackingUnavailable(reason) from exc
+    _CONNECTIONS[target] = (client, experiment_id)
+    return client, experiment_id
+
+
+def _probe(uri: str) -> None:
+    """Fail fast: MLflow's own HTTP client retries for minutes before giving up."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:  # noqa: S310 - the user's server
+                response.read(64)
+        except Exception as exc:  # noqa: BLE001
+            raise TrackingUnavailable(f"no MLflow server answers at {uri} ({_one_line(exc)})") from None
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _ensure_experiment(client: Any, target: Target) -> str:
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(target.experiment_name)
+    if exp is None:
+        try:
+            return str(
+                client.create_experiment(
+                    target.experiment_name,
+                    artifact_location=target.artifact_location,
+                    tags=dict([EXPERIMENT_KIND_TAG]),
+                )
+            )
+        except MlflowException:  # created meanwhile by a parallel job
+            exp = client.get_experiment_by_name(target.experiment_name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return str(exp.experiment_id)
+
+
+def _quiet_mlflow_logging() -> None:
+    # Database migrations on a fresh store log a dozen INFO lines into the run's output.
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.sqlalchemy", "mlflow.tracking"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def warn_unavailable(target: Target, reason: str, results_path: str | os.PathLike[str] | None) -> None:
+    """One warning line per store and process, saying where the results are and how to log them later."""
+    if target.uri in _WARNED:
+        return
+    _WARNED.add(target.uri)
+    where = f"; local results are in {results_path}" if results_path else ""
+    later = f"python -m lem.sync {results_path}" if results_path else "python -m lem.sync RESULTS_DIR"
+    print(
+        f"lem: warning: MLflow tracking store {target.uri} unavailable ({reason}){where}; "
+        f"log them later with: {later}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def warn_logging_failed(run_dir: str | os.PathLike[str], exc: BaseException) -> None:
+    print(
+        f"lem: warning: could not log {run_dir} to MLflow ({_one_line(exc)}); "
+        f"the local results are complete; retry with: python -m lem.sync {run_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:300] if first else type(exc).__name__
+
+
+def reset_connections() -> None:
+    """Forget connections and failures (tests; a long-lived process whose server came back)."""
+    _CONNECTIONS.clear()
+    _UNAVAILABLE.clear()
+    _WARNED.clear()
+
+
+# --- provenance ----------------------------------------------------------------------------------
+
+
+def git_commit(root: Path | None = None) -> tuple[str, bool] | None:
+    """``(commit, dirty)`` of the project checkout, or None outside a git checkout."""
+    root = root or project_root()
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        )
+        return head.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,226 @@
+"""A Hydra multirun in MLflow: one parent run per sweep, each job a child run under it.
+
+When the sweep ends the parent gets its children's headline metrics as a table
+(``sweep/children.csv``), per-job metric series (step = job number), the best values, and
+plots: J/token against output tokens/s with the Pareto front, and a heatmap when exactly
+two parameters were swept.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lem.tracking.mlflow_sink import PARENT_TAG, SWEEP_ID_TAG, _user, config_params
+from lem.tracking.store import SWEEP_FILE, Target, connect, git_commit
+
+KIND_TAG = "lem.kind"
+HEADLINE = (
+    "energy/j_per_output_token",
+    "throughput/output_tokens_per_s",
+    "throughput/total_tokens_per_s",
+    "throughput/requests_per_s",
+    "latency/ttft_ms_p50",
+    "latency/tpot_ms_p50",
+    "latency/e2e_ms_p90",
+    "energy/mean_power_w",
+    "energy/generation_energy_j",
+    "flops/flops_per_output_token",
+    "memory/peak_rss_bytes",
+)
+# Best of the sweep: lower is better for energy and latency, higher for throughput.
+BEST = {
+    "energy/j_per_output_token": min,
+    "throughput/output_tokens_per_s": max,
+    "latency/ttft_ms_p50": min,
+    "latency/tpot_ms_p50": min,
+}
+
+
+def sweep_run_name(overrides: Sequence[str]) -> str:
+    text = " ".join(overrides)
+    return ("sweep " + text)[:120] if text else "sweep"
+
+
+def create_parent(
+    target: Target,
+    *,
+    sweep_id: str,
+    overrides: Sequence[str],
+    config: Mapping[str, Any] | None,
+    sweep_dir: Path | None,
+    live: bool = True,
+) -> str:
+    """Start the sweep's parent run (status RUNNING until :func:`finalize_parent`)."""
+    from mlflow.entities import Param
+
+    client, experiment_id = connect(target)
+    tags = {
+        KIND_TAG: "sweep",
+        SWEEP_ID_TAG: sweep_id,
+        "lem.overrides": " ".join(overrides),
+        "mlflow.user": _user(),
+        "mlflow.source.name": "python -m lem -m" if live else "python -m lem.sync",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.note.content": "Hydra multirun: `python -m lem -m " + " ".join(overrides) + "`\n\n"
+        "Children: one run per job. Artifacts: `sweep/children.csv`, `plots/`.",
+    }
+    if sweep_dir is not None:
+        tags["lem.sweep_dir"] = str(sweep_dir)
+    commit = git_commit() if live else None
+    if commit:
+        tags["lem.git_commit"] = tags["mlflow.source.git.commit"] = commit[0]
+    run = client.create_run(experiment_id, tags=tags, run_name=sweep_run_name(overrides))
+    params = [Param(k, v) for k, v in config_params(config).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[i : i + 100])
+    return run.info.run_id
+
+
+def find_parent(target: Target, sweep_id: str) -> Any | None:
+    client, experiment_id = connect(target)
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{KIND_TAG}` = 'sweep'", max_results=1
+    )
+    return runs[0] if runs else None
+
+
+def write_sweep_file(sweep_dir: Path, data: Mapping[str, Any]) -> bool:
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(dict(data), indent=1) + "\n")
+        return True
+    except OSError:
+        return False
+
+
+def read_sweep_file(sweep_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --- the children's table ------------------------------------------------------------------------
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    """``"a.b=1 c=x y"`` → ``{"a.b": "1", "c": "x y"}`` (a word without '=' continues the previous value)."""
+    out: dict[str, str] = {}
+    last = None
+    for token in text.split(" "):
+        if "=" in token:
+            key, value = token.split("=", 1)
+            last = key.lstrip("+~")
+            out[last] = value
+        elif last is not None and token:
+            out[last] += " " + token
+    return out
+
+
+def children_rows(target: Target, parent_run_id: str) -> list[dict[str, Any]]:
+    client, experiment_id = connect(target)
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=1000, page_token=token
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    rows = []
+    for r in runs:
+        tags = r.data.tags
+        num = tags.get("lem.job_num")
+        row: dict[str, Any] = {
+            "job_num": int(num) if num and num.isdigit() else None,
+            "run_name": r.info.run_name,
+            "status": r.info.status,
+            "run_id": r.info.run_id,
+            "overrides": tags.get("lem.overrides", ""),
+            "swept": parse_overrides(tags.get("lem.overrides", "")),
+        }
+        for metric in HEADLINE:
+            value = r.data.metrics.get(metric)
+            row[metric] = value if value is not None and math.isfinite(value) else None
+        row["label"] = f"#{row['job_num']}" if row["job_num"] is not None else r.info.run_name
+        rows.append(row)
+    rows.sort(key=lambda r: (r["job_num"] is None, r["job_num"] or 0, r["run_name"] or ""))
+    return rows
+
+
+def swept_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Override keys whose values differ between jobs, in command-line order."""
+    keys: dict[str, set[str]] = {}
+    for r in rows:
+        for k, v in r["swept"].items():
+            keys.setdefault(k, set()).add(v)
+    return [k for k, values in keys.items() if len(values) > 1 or any(k not in r["swept"] for r in rows)]
+
+
+def write_children_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], path: Path) -> None:
+    columns = ["job_num", "run_name", "status", *keys, *HEADLINE, "run_id", "overrides"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for r in rows:
+            values = [r.get("job_num"), r.get("run_name"), r.get("status"), *[r["swept"].get(k) for k in keys]]
+            values += [r.get(m) for m in HEADLINE] + [r.get("run_id"), r.get("overrides")]
+            writer.writerow(["" if v is None else v for v in values])
+
+
+def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = False) -> list[dict[str, Any]]:
+    """Write the children's table, metrics and plots into the parent and end it; return the rows."""
+    from mlflow.entities import Metric, RunTag
+
+    from lem.tracking import plots
+
+    client, _ = connect(target)
+    rows = children_rows(target, parent_run_id)
+    keys = swept_keys(rows)
+    now = int(time.time() * 1000)
+    finished = [r for r in rows if r["status"] == "FINISHED"]
+    metrics = [
+        Metric("sweep/n_jobs", float(len(rows)), now, 0),
+        Metric("sweep/n_finished", float(len(finished)), now, 0),
+        Metric("sweep/n_failed", float(sum(r["status"] == "FAILED" for r in rows)), now, 0),
+    ]
+    for metric, best in BEST.items():
+        values = [r[metric] for r in finished if r.get(metric) is not None]
+        if values:
+            metrics.append(Metric(f"sweep/best_{metric.split('/')[-1]}", float(best(values)), now, 0))
+    for r in rows:  # one series per headline metric, step = job number: charts in the parent's page
+        for metric in HEADLINE:
+            if r.get(metric) is not None and r["job_num"] is not None:
+                metrics.append(Metric(f"jobs/{metric.split('/')[-1]}", float(r[metric]), now, r["job_num"]))
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(parent_run_id, metrics=metrics[i : i + 1000])
+
+    with tempfile.TemporaryDirectory(prefix="lem-sweep-") as tmp:
+        staged = Path(tmp)
+        write_children_csv(rows, keys, staged / "children.csv")
+        client.log_artifact(parent_run_id, str(staged / "children.csv"), "sweep")
+        plot_dir = staged / "plots"
+        plot_dir.mkdir()
+        if rows:
+            plots.sweep_pareto(rows, plot_dir / "pareto_j_per_token_vs_throughput.png")
+        if len(keys) == 2 and rows:
+            plots.sweep_heatmap(rows, keys[0], keys[1], plot_dir / "heatmap_j_per_token.png")
+        if any(plot_dir.iterdir()):
+            client.log_artifacts(parent_run_id, str(plot_dir), "plots")
+
+    tags = [RunTag("lem.swept_keys", ",".join(keys)), RunTag("lem.n_failed", str(sum(r["status"] == "FAILED" for r in rows)))]
+    if interrupted:
+        tags.append(RunTag("lem.sweep_interrupted", "true"))
+    client.log_batch(parent_run_id, tags=tags)
+    status = "KILLED" if interrupted else ("FAILED" if rows and not finished else "FINISHED")
+    client.set_terminated(parent_run_id, status=status)
+    return rows
