@@ -16,6 +16,9 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_USER_ERROR = 2
 
 
+_FAILED_JOBS: list[str] = []  # multirun jobs of this process that failed (the sweep went on)
+
+
 def _task(cfg: Any) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -25,32 +28,47 @@ def _task(cfg: Any) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         lem_cfg = to_dataclass(cfg)
         validate(lem_cfg)
     except Exception as exc:
         _discard_empty_run_dir(run_dir)
         error = exc if isinstance(exc, LemError) else _as_user_error(exc)
-        if hydra_cfg.mode == RunMode.RUN:
+        if not multirun:
             # Exit here: raising would make Hydra print its own multi-line report first.
             print(f"lem: error: {error}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         raise error from exc
 
-    from lem.pipeline import run_measurement
+    from lem.jobs import execute_job
+    from lem.tracking import run_tracked
 
     try:
-        summary = run_measurement(lem_cfg, cfg, run_dir)
+        summary = run_tracked(lem_cfg, cfg, run_dir, lambda: execute_job(lem_cfg, cfg, run_dir))
     except LemError as error:
-        _discard_empty_run_dir(run_dir)
-        if hydra_cfg.mode == RunMode.RUN:
+        if not multirun:
             print(f"lem: error: {error}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
-        raise
-    # The value a sweeper optimises: J per output token when energy was measured.
-    energy = summary.get("energy") or {}
-    value = energy.get("j_per_output_token")
+        return _job_failed(run_dir, f"{error}")
+    except Exception as error:  # noqa: BLE001 - a crashed job: recorded as FAILED, the sweep goes on
+        if not multirun:
+            raise
+        return _job_failed(run_dir, f"{type(error).__name__}: {error} (traceback in {run_dir / 'error.txt'})")
+    return objective(summary)
+
+
+def objective(summary: dict[str, Any]) -> float | None:
+    """The value a sweeper minimises: J per output token, None when no energy was measured."""
+    value = (summary.get("energy") or {}).get("j_per_output_token")
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def _job_failed(run_dir: Path, message: str) -> None:
+    job = run_dir.name
+    print(f"lem: job {job} failed: {message}", file=sys.stderr, flush=True)
+    _FAILED_JOBS.append(job)
+    return None
 
 
 def _discard_empty_run_dir(run_dir: Path) -> None:
@@ -84,6 +102,9 @@ def main() -> None:
     entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)
     try:
         entry()
+        if _FAILED_JOBS:
+            print(f"lem: {len(_FAILED_JOBS)} job(s) of the sweep failed: {', '.join(_FAILED_JOBS)}", file=sys.stderr)
+            sys.exit(1)
     except LemError as exc:
         print(f"lem: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

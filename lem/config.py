@@ -238,6 +238,8 @@ class RunConfig:
     warmup_batches: int = 1  # generation passes run and discarded before measuring
     warmup_max_output_tokens: int = 8
     seed: int = 0
+    # Consecutive jobs of one process (a sweep) whose engine settings match share a loaded engine.
+    reuse_engine: bool = True
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""The measured run, phase by phase: engine init → model load → warmup → generation.
+"""The measured run, phase by phase: idle baseline → engine init → model load → warmup → generation.
 
+Every phase is an energy window of one meter (``lem.measure.energy``), on one monotonic clock;
+consecutive phases share their boundary reading, so their energies add up to the whole run's.
 Every completed event is appended to the raw record file as it happens; the summary is
 computed afterwards from those records alone (late aggregation), so it can be recomputed
 with ``python -m lem.summarize RUN_DIR``.
@@ -10,40 +12,33 @@ from __future__ import annotations
 import os
 import platform
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lem import __version__
-from lem.config import DatasetSource, LemConfig
-from lem.results.schema import EndRecord, FlopsRecord, HeaderRecord, PhaseRecord, RequestRecord
+from lem.config import DatasetSource, Device, LemConfig, resolve_device
+from lem.results.schema import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
 from lem.workload.scheduler import ScheduledBatch, open_loop_batches
 from lem.workload.traffic import arrival_offsets_s
 from lem.workload.types import GenerationParams
 
+SAMPLE_FLUSH_INTERVAL_S = 5.0  # how often the power timeline is appended to the raw file during generation
+RUN_WINDOW = "run"
+
 
 class PhaseClock:
-    """Times named phases on one monotonic clock, relative to the run's t0."""
+    """The run's clock: seconds since ``t0`` on ``time.perf_counter``, and ``t0`` in wall-clock time."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.t0_unix_s = time.time()
-        self.phases: list[PhaseRecord] = []
 
     def now_s(self) -> float:
         return time.perf_counter() - self.t0
 
     def rel(self, perf_counter_value: float) -> float:
         return perf_counter_value - self.t0
-
-    @contextmanager
-    def phase(self, name: str, synchronize: Any = None) -> Iterator[None]:
-        start_s = self.now_s()
-        yield
-        if synchronize is not None:
-            synchronize()  # close the window on finished device work, not queued work
-        self.phases.append(PhaseRecord(name=name, start_s=start_s, end_s=self.now_s()))
 
 
 def generation_params(cfg: LemConfig) -> GenerationParams:
@@ -61,15 +56,33 @@ def generation_params(cfg: LemConfig) -> GenerationParams:
     )
 
 
-def run_measurement(cfg: LemConfig, composed_cfg: Any, run_dir: Path, process_index: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """Run one measured job into ``run_dir``; return the summary dict."""
-    from lem.backends import create_backend
+def measured_cuda_indices(cfg: LemConfig) -> list[int]:
+    """CUDA devices (torch numbering) the run's engine uses: what the energy meter watches."""
+    if resolve_device(cfg.backend.device) is not Device.cuda:
+        return []
+    return list(range(max(1, cfg.sharding.num_shards)))
+
+
+def run_measurement(
+    cfg: LemConfig,
+    composed_cfg: Any,
+    run_dir: Path,
+    process_index: int = 0,
+    world_size: int = 1,
+    engines: Any = None,
+) -> dict[str, Any]:
+    """Run one measured job into ``run_dir``; return the summary dict.
+
+    ``engines`` (a ``lem.backends.pool.EnginePool``) lends an engine already loaded by an
+    earlier job with the same engine settings; its setup phases are then not measured again.
+    """
+    from lem.backends.pool import EnginePool
+    from lem.measure.energy import EnergyMeter
     from lem.measure.memory import PeakMemory
+    from lem.models.resolve import resolve_model_path
     from lem.report.table import render_summary
     from lem.results.summarize import write_summary
     from lem.results.writer import RawWriter
-    from lem.workload.batching import plan_batches
-    from lem.workload.prepare import prepare_requests
     from lem.workload.prompts import load_prompts
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -77,25 +90,39 @@ def run_measurement(cfg: LemConfig, composed_cfg: Any, run_dir: Path, process_in
 
     # File and dataset problems surface before any model loads.
     prompts = None if cfg.dataset.source is DatasetSource.synthetic else load_prompts(cfg.dataset)
-
-    # Convert/cache the embedded model (or find a hub model) before any phase is timed, so a
+    # Convert/cache the embedded model (or find a hub model) before anything is measured, so a
     # first-run conversion is not counted as model loading.
-    from lem.models.resolve import resolve_model_path
-
     resolve_model_path(cfg.model)
 
+    pool = engines if engines is not None else EnginePool(enabled=False)
     clock = PhaseClock()
+    cuda_indices = measured_cuda_indices(cfg)
+    meter = EnergyMeter.from_config(cfg.energy, cuda_indices, t0=clock.t0)
+    meter.validity_windows = {"generation"}  # setup phases are short by nature: only generation's length matters
     memory = PeakMemory()
     memory.start()
-    backend = create_backend(cfg)
-    with clock.phase("engine_init"):
-        backend.init_engine()
-    with clock.phase("model_load", backend.synchronize):
-        backend.load_model()
-
-    description = backend.describe()
     raw_path = run_dir / "raw" / f"process-{process_index}.jsonl"
-    with RawWriter(raw_path) as writer:
+    writer = RawWriter(raw_path)
+    meter.start()
+    try:
+        baseline = meter.measure_idle()
+
+        # Setup: engine init and model load, unless an identical engine is already loaded.
+        backend, reused = pool.take(cfg)
+        setup_windows = []
+        if backend is None:
+            backend = pool.create(cfg)
+            meter.begin_window("engine_init", also=(RUN_WINDOW,))
+            backend.init_engine()
+            meter.end_window("engine_init", backend.synchronize, begin_next="model_load")
+            backend.load_model()
+            meter.end_window("model_load", backend.synchronize, begin_next="warmup")
+            setup_windows = [meter.closed("engine_init"), meter.closed("model_load")]
+        else:
+            meter.begin_window("warmup", also=(RUN_WINDOW,))
+
+        description = backend.describe()
+        writer.open()
         writer.write(
             HeaderRecord(
                 process_index=process_index,
@@ -111,44 +138,95 @@ def run_measurement(cfg: LemConfig, composed_cfg: Any, run_dir: Path, process_in
                 model=cfg.model.name_or_path,
                 dtype=description.dtype,
                 num_threads=description.num_threads,
+                engine_reused=reused,
+                cuda_device_indices=cuda_indices,
+                engine_settings=description.extra,
             )
         )
-        for record in clock.phases:
-            writer.write(record)
+        if baseline is not None:
+            writer.write(baseline)
+        for window in setup_windows:
+            writer.write(window.phase_record())
+        _flush_samples(meter, writer)
 
+        # Warmup (the window is open): tokenising the prompts is engine-independent and cheap,
+        # and the first planned batches' shapes are run and discarded.
         if prompts is None:
             prompts = load_prompts(cfg.dataset, tokenizer=backend.tokenizer)
+        from lem.workload.batching import plan_batches
+        from lem.workload.prepare import prepare_requests
+
         requests = prepare_requests(prompts, backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens)
         params = generation_params(cfg)
-        # Warmup runs the shapes the measured phase starts with: the first planned batches.
-        warmup_batches = plan_batches(requests, cfg.batching, params.max_output_tokens)[: cfg.run.warmup_batches]
-
         warmup_params = replace(
             params,
             max_output_tokens=min(params.max_output_tokens, cfg.run.warmup_max_output_tokens),
             min_output_tokens=min(params.min_output_tokens, cfg.run.warmup_max_output_tokens),
         )
-        with clock.phase("warmup", backend.synchronize):
-            for batch in warmup_batches:
-                backend.generate(batch, warmup_params)
-        writer.write(clock.phases[-1])
+        for batch in plan_batches(requests, cfg.batching, params.max_output_tokens)[: cfg.run.warmup_batches]:
+            backend.generate(batch, warmup_params)
+        meter.end_window("warmup", backend.synchronize, begin_next="generation")
+        writer.write(meter.closed("warmup").phase_record())
 
+        records: list[RequestRecord] = []
         offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
-        with clock.phase("generation", backend.synchronize):
-            for scheduled in open_loop_batches(requests, offsets_s, cfg.batching, params.max_output_tokens, clock.now_s):
-                for record in _serve_batch(backend, scheduled, params, clock):
-                    writer.write(record)
-        writer.write(clock.phases[-1])
-
+        last_flush = clock.now_s()
+        for scheduled in open_loop_batches(requests, offsets_s, cfg.batching, params.max_output_tokens, clock.now_s):
+            for record in _serve_batch(backend, scheduled, params, clock):
+                writer.write(record)
+                records.append(record)
+            if clock.now_s() - last_flush >= SAMPLE_FLUSH_INTERVAL_S:
+                _flush_samples(meter, writer)
+                last_flush = clock.now_s()
+        generation = meter.end_window("generation", backend.synchronize, also_end=(RUN_WINDOW,))
+        writer.write(generation.phase_record())
+        writer.write(meter.closed(RUN_WINDOW).window_record())
+        meter.stop()
+        _flush_samples(meter, writer)
+        writer.write(meter.record())
         writer.write(memory.stop())
-        writer.write(FlopsRecord())  # FLOPs are counted by the measurement layer (not yet wired)
-        writer.write(EndRecord(status="completed", end_s=clock.now_s()))
 
-    backend.unload()
+        writer.write(_count_flops(cfg, backend, description, records))
+        writer.write(EndRecord(status="completed", end_s=clock.now_s()))
+    except BaseException:
+        pool.discard(backend if "backend" in locals() else None)
+        raise
+    finally:
+        meter.stop()
+        if memory.record is None:
+            memory.stop()
+        writer.close()
+
+    pool.give_back(cfg, backend)
     summary = write_summary(run_dir)
     print(render_summary(summary), flush=True)
     print(f"\nresults: {run_dir}", flush=True)
     return summary
+
+
+def _flush_samples(meter: Any, writer: Any) -> None:
+    for record in meter.sample_records(new_only=True):
+        writer.write(record)
+
+
+def _count_flops(cfg: LemConfig, backend: Any, description: Any, records: list[RequestRecord]) -> FlopsRecord:
+    """FLOPs of the generation phase, counted once outside the engine (strategy recorded)."""
+    from lem.measure.flops import count_run_flops
+
+    model = getattr(backend, "model", None) if description.engine == "pytorch" else None
+    model_path = description.extra.get("model_path")
+    on_gpu = description.device_type == "cuda"
+    compute_dtype = description.extra.get("compute_dtype") or description.dtype
+    return count_run_flops(
+        cfg.flops.strategy,
+        records,
+        model=model,
+        model_path=model_path,
+        trust_remote_code=cfg.model.trust_remote_code,
+        kv_cache=bool(description.extra.get("use_cache", True)),
+        device_name=description.device_names[0] if on_gpu and description.device_names else None,
+        dtype=compute_dtype if on_gpu else None,
+    )
 
 
 def _serve_batch(backend: Any, scheduled: ScheduledBatch, params: GenerationParams, clock: PhaseClock) -> list[RequestRecord]:

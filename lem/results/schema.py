@@ -40,6 +40,9 @@ class HeaderRecord:
     model: str
     dtype: str  # the dtype the weights were actually loaded in
     num_threads: int | None  # torch intra-op threads actually in force (CPU)
+    engine_reused: bool = False  # the engine was loaded by an earlier job: no engine_init/model_load phases here
+    cuda_device_indices: list[int] = field(default_factory=list)  # CUDA devices (torch numbering) the meter watched
+    engine_settings: dict[str, Any] = field(default_factory=dict)  # what the engine runs with (attention, compile, parameters, ...)
     schema_version: str = RAW_SCHEMA_VERSION
     kind: str = "header"
 

@@ -23,7 +23,11 @@ COMPONENT_COLORS = {"gpu": "#2e7d32", "cpu": "#1565c0", "dram": "#f9a825", "syst
 
 
 def _pyplot() -> Any:
+    import logging
+
     import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font-cache INFO lines would land in the run's output
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

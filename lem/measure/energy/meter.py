@@ -158,6 +158,8 @@ class EnergyMeter:
         self._sampler_cpu_s: float | None = None
         self._sampler_wall_s: float | None = None
         self._errors: set[str] = set()
+        # Windows whose length is checked against MIN_WINDOW_S (None: all); setup phases are short by nature.
+        self.validity_windows: set[str] | None = None
 
     # --- construction from lem's config ---------------------------------------------------
 
@@ -370,34 +372,55 @@ class EnergyMeter:
 
     # --- windows ---------------------------------------------------------------------------
 
-    def begin_window(self, name: str) -> None:
-        """Open a named window: read every counter now. Windows nest; names must be unique while open."""
-        self._require_running()
-        if name in self._open:
-            raise LemError(f"energy window {name!r} is already open; end it before beginning it again")
-        self._open[name] = self._read(force_counters=True)
+    def begin_window(self, name: str, *, also: Sequence[str] = ()) -> None:
+        """Open a named window: read every counter now. Windows nest; names must be unique while open.
 
-    def end_window(self, name: str, synchronize: Callable[[], Any] | None = None, *, begin_next: str | None = None) -> Window:
+        ``also`` opens more windows at the very same reading (e.g. the whole run and its first phase).
+        """
+        self._require_running()
+        for n in (name, *also):
+            if n in self._open:
+                raise LemError(f"energy window {n!r} is already open; end it before beginning it again")
+        snapshot = self._read(force_counters=True)
+        for n in (name, *also):
+            self._open[n] = snapshot
+
+    def end_window(
+        self,
+        name: str,
+        synchronize: Callable[[], Any] | None = None,
+        *,
+        begin_next: str | None = None,
+        also_end: Sequence[str] = (),
+    ) -> Window:
         """Close a window: synchronize the device first, read every counter, return its readings.
 
         ``synchronize`` defaults to ``torch.cuda.synchronize`` on the measured devices when torch
         has CUDA up. ``begin_next`` opens another window at the very same reading, so
-        consecutive phases share a boundary and add up exactly.
+        consecutive phases share a boundary and add up exactly. ``also_end`` closes more open
+        windows at that reading; they are returned by :meth:`closed`.
         """
         self._require_running()
-        if name not in self._open:
-            raise LemError(f"energy window {name!r} was never begun (open: {', '.join(self._open) or 'none'})")
+        for n in (name, *also_end):
+            if n not in self._open:
+                raise LemError(f"energy window {n!r} was never begun (open: {', '.join(self._open) or 'none'})")
         if begin_next is not None and begin_next in self._open:
             raise LemError(f"energy window {begin_next!r} is already open; end it before beginning it again")
         (synchronize or self._default_synchronize)()
         end = self._read(force_counters=True)
-        begin = self._open.pop(name)
+        windows = []
+        for n in (name, *also_end):
+            window = self._build_window(n, self._open.pop(n), end)
+            if n != IDLE_WINDOW:
+                self._windows.append(window)
+            windows.append(window)
         if begin_next is not None:
             self._open[begin_next] = end
-        window = self._build_window(name, begin, end)
-        if name != IDLE_WINDOW:
-            self._windows.append(window)
-        return window
+        return windows[0]
+
+    def closed(self, name: str) -> Window | None:
+        """The last closed window of that name, if any."""
+        return next((w for w in reversed(self._windows) if w.name == name), None)
 
     @contextmanager
     def window(self, name: str, synchronize: Callable[[], Any] | None = None) -> Iterator[Window]:
@@ -629,7 +652,8 @@ class EnergyMeter:
                     f"{c.device} has no energy counter: its energy is integrated from {c.power_kind} power samples "
                     f"every {self.sample_interval_s * 1000:g} ms"
                 )
-        short = [w for w in self._windows if w.duration_s < MIN_WINDOW_S]
+        checked = [w for w in self._windows if self.validity_windows is None or w.name in self.validity_windows]
+        short = [w for w in checked if w.duration_s < MIN_WINDOW_S]
         if short:
             out.append(
                 f"window(s) shorter than {MIN_WINDOW_S:g} s, where counter resolution and boundary effects dominate "

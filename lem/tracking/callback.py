@@ -1,0 +1,115 @@
+"""The Hydra callback that makes a multirun one MLflow parent run with each job a child.
+
+Registered in ``conf/config.yaml`` (``hydra.callbacks.lem_mlflow``). On sweep start it creates
+the parent run and hands its id to the jobs through the environment (jobs in this process,
+or launcher subprocesses that inherit it) and through ``<sweep_dir>/.lem_sweep.json`` (jobs on
+other nodes sharing the filesystem). Jobs log themselves (``lem.tracking.job``); a job that
+died before it could is logged here from its folder. On sweep end the parent receives the
+children's table and plots. Light to import: MLflow loads only when a sweep starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from lem.tracking.store import ENV_PARENT_RUN_ID, ENV_SWEEP_ID, TrackingUnavailable, target_from_config
+
+
+def _sweep_dir(config: Any) -> Path | None:
+    try:
+        path = Path(str(config.hydra.sweep.dir))
+        return path if path.is_absolute() else Path(str(config.hydra.runtime.cwd)) / path
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class LemMlflowCallback(Callback):
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.target: Any = None
+        self.sweep_id: str | None = None
+        self._env_before: dict[str, str | None] = {}
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from lem.tracking.job import _plain
+        from lem.tracking.store import warn_unavailable
+        from lem.tracking.sweep import create_parent, write_sweep_file
+
+        try:
+            self.target = target_from_config(config)
+        except ValueError as exc:
+            print(f"lem: warning: {exc}; this sweep is not tracked", file=sys.stderr)
+            return
+        if self.target is None:
+            return
+        sweep_dir = _sweep_dir(config)
+        inherited = os.environ.get(ENV_PARENT_RUN_ID)
+        if inherited:  # a sweep launched inside another (e.g. an Optuna study driver): nest under it
+            self.sweep_id = os.environ.get(ENV_SWEEP_ID)
+            return
+        self.sweep_id = uuid.uuid4().hex[:12]
+        overrides = list(config.hydra.overrides.task) if config.hydra.overrides.task else []
+        try:
+            self.parent_run_id = create_parent(
+                self.target, sweep_id=self.sweep_id, overrides=overrides, config=_plain(config), sweep_dir=sweep_dir
+            )
+        except TrackingUnavailable as exc:
+            warn_unavailable(self.target, str(exc), sweep_dir)
+            return
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop a sweep
+            print(f"lem: warning: could not create the sweep's MLflow run ({exc}); jobs are logged without a parent", file=sys.stderr)
+            return
+        for key, value in ((ENV_PARENT_RUN_ID, self.parent_run_id), (ENV_SWEEP_ID, self.sweep_id)):
+            self._env_before[key] = os.environ.get(key)
+            os.environ[key] = value
+        if sweep_dir is not None:
+            write_sweep_file(sweep_dir, {"parent_run_id": self.parent_run_id, "sweep_id": self.sweep_id, "tracking_uri": self.target.uri})
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        """Log a job that ended without logging itself (it died in validation, or before the pipeline)."""
+        from lem.tracking.job import is_handled, log_job, write_error
+
+        try:
+            run_dir = Path(str(config.hydra.runtime.output_dir))
+        except Exception:  # noqa: BLE001
+            return
+        if is_handled(run_dir) or not run_dir.is_dir():
+            return
+        error = None
+        status = getattr(getattr(job_return, "status", None), "name", "")
+        if status == "FAILED":
+            import traceback
+
+            exc = getattr(job_return, "_return_value", None)
+            error = "".join(traceback.format_exception(exc)) if isinstance(exc, BaseException) else f"job failed: {exc!r}"
+            write_error(run_dir, error)
+        log_job(config, run_dir, error_text=error)
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from lem.tracking.store import warn_logging_failed
+        from lem.tracking.sweep import finalize_parent
+
+        for key, before in self._env_before.items():
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
+        if self.parent_run_id is None or self.target is None:
+            return
+        try:
+            rows = finalize_parent(self.target, self.parent_run_id)
+        except Exception as exc:  # noqa: BLE001
+            warn_logging_failed(_sweep_dir(config) or "the sweep", exc)
+            return
+        failed = sum(r["status"] == "FAILED" for r in rows)
+        print(
+            f"\nlem: sweep logged to MLflow ({self.target.uri}, experiment {self.target.experiment_name!r}): "
+            f"{len(rows)} jobs, {failed} failed; parent run {self.parent_run_id}",
+            flush=True,
+        )
