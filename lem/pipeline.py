@@ -14,7 +14,7 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lem import __version__
 from lem.config import DatasetSource, Device, LemConfig, resolve_device
@@ -171,8 +171,8 @@ def run_measurement(
         records: list[RequestRecord] = []
         offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
         last_flush = clock.now_s()
-        for scheduled in open_loop_batches(requests, offsets_s, cfg.batching, params.max_output_tokens, clock.now_s):
-            for record in _serve_batch(backend, scheduled, params, clock):
+        for served in _serve(backend, requests, offsets_s, cfg, params, clock):
+            for record in served:
                 writer.write(record)
                 records.append(record)
             if clock.now_s() - last_flush >= SAMPLE_FLUSH_INTERVAL_S:
@@ -229,33 +229,66 @@ def _count_flops(cfg: LemConfig, backend: Any, description: Any, records: list[R
     )
 
 
-def _serve_batch(backend: Any, scheduled: ScheduledBatch, params: GenerationParams, clock: PhaseClock) -> list[RequestRecord]:
-    from lem.workload.tokens import count_output_tokens
+def _serve(
+    backend: Any, requests: list[Any], offsets_s: list[float], cfg: LemConfig, params: GenerationParams, clock: PhaseClock
+) -> Iterator[list[RequestRecord]]:
+    """Serve the workload open loop; yield request records as they complete.
 
+    Batch engines get batches formed by lem from what has arrived; continuous-batching engines
+    get every request at its arrival time and schedule them themselves.
+    """
+    if getattr(backend, "continuous_batching", False):
+        start = time.perf_counter()
+        arrival_times = [start + off for off in offsets_s]
+        by_id = {r.request_id: (r, t) for r, t in zip(requests, arrival_times, strict=True)}
+        for raw in backend.serve(requests, arrival_times, params):
+            request, scheduled_arrival = by_id[raw.request_id]
+            arrival = raw.arrival_time if raw.arrival_time is not None else scheduled_arrival
+            yield [_request_record(backend, request, raw, clock.rel(arrival), None, None, params, clock)]
+        return
+    for scheduled in open_loop_batches(requests, offsets_s, cfg.batching, params.max_output_tokens, clock.now_s):
+        yield _serve_batch(backend, scheduled, params, clock)
+
+
+def _serve_batch(backend: Any, scheduled: ScheduledBatch, params: GenerationParams, clock: PhaseClock) -> list[RequestRecord]:
     batch = scheduled.requests
     raws = backend.generate(batch, params)
-    records = []
-    for request, arrival_s, raw in zip(batch, scheduled.arrivals_s, raws, strict=True):
-        n_output, finish_reason = count_output_tokens(raw.output_token_ids, backend.eos_token_ids, params.ignore_eos)
-        token_times_s = [clock.rel(t) for t in raw.token_times[:n_output]]
-        start_s = clock.rel(raw.start_time)
-        records.append(
-            RequestRecord(
-                request_id=request.request_id,
-                batch_id=scheduled.batch_id,
-                batch_size=len(batch),
-                input_tokens=request.input_tokens,
-                output_tokens=n_output,
-                arrival_s=arrival_s,
-                start_s=start_s,
-                first_token_s=token_times_s[0] if token_times_s else None,
-                end_s=token_times_s[-1] if token_times_s else start_s,
-                token_times_s=token_times_s,
-                finish_reason=finish_reason,
-                padded_input_tokens=raw.padded_input_tokens,
-            )
-        )
-    return records
+    return [
+        _request_record(backend, request, raw, arrival_s, scheduled.batch_id, len(batch), params, clock)
+        for request, arrival_s, raw in zip(batch, scheduled.arrivals_s, raws, strict=True)
+    ]
+
+
+def _request_record(
+    backend: Any,
+    request: Any,
+    raw: Any,
+    arrival_s: float,
+    batch_id: int | None,
+    batch_size: int | None,
+    params: GenerationParams,
+    clock: PhaseClock,
+) -> RequestRecord:
+    """One request's record: output tokens counted the same way for every engine (engine-independent)."""
+    from lem.workload.tokens import count_output_tokens
+
+    n_output, finish_reason = count_output_tokens(raw.output_token_ids, backend.eos_token_ids, params.ignore_eos)
+    token_times_s = [clock.rel(t) for t in raw.token_times[:n_output]]
+    start_s = clock.rel(raw.start_time)
+    return RequestRecord(
+        request_id=request.request_id,
+        batch_id=batch_id,
+        batch_size=batch_size,
+        input_tokens=request.input_tokens,
+        output_tokens=n_output,
+        arrival_s=arrival_s,
+        start_s=start_s,
+        first_token_s=token_times_s[0] if token_times_s else None,
+        end_s=token_times_s[-1] if token_times_s else start_s,
+        token_times_s=token_times_s,
+        finish_reason=finish_reason,
+        padded_input_tokens=raw.padded_input_tokens,
+    )
 
 
 def _write_resolved_config(composed_cfg: Any, run_dir: Path) -> None:

@@ -7,7 +7,7 @@ timing arithmetic and energy live outside them, so engines are compared on equal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from lem.workload.types import GenerationParams, PreparedRequest
 
@@ -25,8 +25,9 @@ class RawGeneration:
     request_id: int
     output_token_ids: list[int]
     token_times: list[float]
-    start_time: float  # perf_counter when the engine started on this request
-    padded_input_tokens: int | None = None
+    start_time: float  # perf_counter when the engine started on this request (scheduled it)
+    padded_input_tokens: int | None = None  # None: the engine does not pad (paged / continuous batching)
+    arrival_time: float | None = None  # perf_counter when the request was handed to the engine (continuous engines)
 
 
 @dataclass
@@ -63,3 +64,22 @@ class Backend(Protocol):
     def describe(self) -> EngineDescription: ...
 
     def unload(self) -> None: ...
+
+
+class ContinuousBackend(Backend, Protocol):
+    """An engine that schedules requests itself (continuous batching: vLLM, TensorRT-LLM, ...).
+
+    Such an adapter sets ``continuous_batching = True`` and implements ``serve`` instead of
+    being handed batches: lem's batching strategies do not apply (the engine's own limits,
+    e.g. max_num_seqs, do), while arrivals stay lem's, so every engine sees the same traffic.
+    """
+
+    continuous_batching: bool
+
+    def serve(
+        self, requests: Sequence[PreparedRequest], arrival_times: Sequence[float], params: GenerationParams
+    ) -> Iterator[RawGeneration]:
+        """Serve ``requests``, handing request i to the engine no earlier than ``arrival_times[i]``
+        (``time.perf_counter`` values; all equal for offline traffic), and yield each request's
+        RawGeneration (``arrival_time`` and ``start_time`` set) as soon as it finishes.
+        """

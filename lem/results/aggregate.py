@@ -311,7 +311,8 @@ def _batching_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
     batches: dict[tuple[int, int], int] = {}
     for p in procs:
         for r in p.requests:
-            batches[(p.process_index, int(r["batch_id"]))] = int(r["batch_size"])
+            if r.get("batch_id") is not None:  # continuous-batching engines form no fixed batches
+                batches[(p.process_index, int(r["batch_id"]))] = int(r["batch_size"])
     sizes = Counter(batches.values())
     requests = [r for p in procs for r in p.requests]
     padded = [r.get("padded_input_tokens") for r in requests]

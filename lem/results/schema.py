@@ -162,8 +162,8 @@ class PhaseRecord:
 @dataclass
 class RequestRecord:
     request_id: int  # index of the prompt in the workload, stable across engines
-    batch_id: int  # which measured batch served it
-    batch_size: int  # requests in that batch
+    batch_id: int | None  # which measured batch served it; None for engines that schedule continuously
+    batch_size: int | None  # requests in that batch; None for engines that schedule continuously
     input_tokens: int  # prompt tokens after chat template and truncation (no padding)
     output_tokens: int  # real generated tokens: up to and including EOS, no padding
     arrival_s: float  # when the request became available (offline traffic: the generation phase start)
