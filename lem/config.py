@@ -141,10 +141,59 @@ class PyTorchBackendConfig:
 
 
 @dataclass
+class VllmBackendConfig:
+    """vLLM engine arguments (``vllm.EngineArgs``); None leaves vLLM's own default."""
+
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None  # None: dataset.max_input_tokens + dataset.max_output_tokens
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool | None = None
+    enforce_eager: bool = False
+    kv_cache_dtype: str = "auto"
+    quantization: str | None = None  # e.g. awq, gptq, fp8 (vLLM's names)
+    speculative_config: dict[str, Any] | None = None  # vLLM's speculative_config dict, passed as is
+    tensor_parallel_size: int | None = None  # None: from sharding
+    pipeline_parallel_size: int | None = None  # None: from sharding
+    engine_args: dict[str, Any] = field(default_factory=dict)  # any other EngineArgs field, passed through
+
+
+@dataclass
+class TensorRTBackendConfig:
+    """TensorRT-LLM ``LLM`` API arguments; None leaves TensorRT-LLM's own default."""
+
+    max_batch_size: int | None = None
+    max_input_len: int | None = None  # None: dataset.max_input_tokens
+    max_seq_len: int | None = None  # None: dataset.max_input_tokens + dataset.max_output_tokens
+    max_num_tokens: int | None = None
+    kv_cache_free_gpu_memory_fraction: float = 0.9
+    tensor_parallel_size: int | None = None  # None: from sharding
+    pipeline_parallel_size: int | None = None  # None: from sharding
+    quantization: str | None = None  # a QuantAlgo name, e.g. FP8, W4A16_AWQ
+    llm_args: dict[str, Any] = field(default_factory=dict)  # any other LLM(...) argument, passed through
+
+
+@dataclass
+class LlamaCppBackendConfig:
+    """llama-cpp-python ``Llama(...)`` arguments."""
+
+    model_path: str | None = None  # a GGUF file; None: the embedded model's GGUF
+    n_threads: int | None = None  # None: llama.cpp's default
+    n_batch: int = 512
+    n_ctx: int | None = None  # None: dataset.max_input_tokens + dataset.max_output_tokens
+    n_gpu_layers: int = 0
+    flash_attn: bool = False
+    llama_args: dict[str, Any] = field(default_factory=dict)  # any other Llama(...) argument, passed through
+
+
+@dataclass
 class BackendConfig:
     name: BackendName = BackendName.pytorch
     device: Device = Device.auto
     pytorch: PyTorchBackendConfig = field(default_factory=PyTorchBackendConfig)
+    vllm: VllmBackendConfig = field(default_factory=VllmBackendConfig)
+    tensorrt: TensorRTBackendConfig = field(default_factory=TensorRTBackendConfig)
+    llama_cpp: LlamaCppBackendConfig = field(default_factory=LlamaCppBackendConfig)
 
 
 @dataclass
@@ -403,8 +452,12 @@ def validate(cfg: LemConfig) -> None:
     _at_least("run.warmup_max_output_tokens", r.warmup_max_output_tokens, 1)
 
     be = cfg.backend
-    if be.name is not BackendName.pytorch:
-        raise ConfigError("backend.name", be.name.value, "pytorch (other engines are not implemented yet)")
+    if be.name is BackendName.vllm:
+        _validate_vllm(cfg)
+    elif be.name is BackendName.tensorrt:
+        _validate_tensorrt(cfg)
+    elif be.name is BackendName.llama_cpp:
+        _validate_llama_cpp(cfg)
     pt = be.pytorch
     if pt.num_threads is not None:
         _at_least("backend.pytorch.num_threads", pt.num_threads, 1)
@@ -433,6 +486,18 @@ def validate(cfg: LemConfig) -> None:
         raise ConfigError("model.name_or_path", cfg.model.name_or_path, f"{EMBEDDED_MODEL}, a Hugging Face model id or a local path")
     if cfg.model.name_or_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(cfg.model.name_or_path)):
         raise ConfigError("model.name_or_path", cfg.model.name_or_path, "an existing local model directory, a Hugging Face model id or " + EMBEDDED_MODEL)
+
+
+def _validate_vllm(cfg: LemConfig) -> None:
+    raise ConfigError("backend.name", "vllm", "pytorch (the vLLM backend is not implemented yet)")
+
+
+def _validate_tensorrt(cfg: LemConfig) -> None:
+    raise ConfigError("backend.name", "tensorrt", "pytorch (the TensorRT-LLM backend is not implemented yet)")
+
+
+def _validate_llama_cpp(cfg: LemConfig) -> None:
+    raise ConfigError("backend.name", "llama_cpp", "pytorch (the llama.cpp backend is not implemented yet)")
 
 
 def resolve_device(device: Device) -> Device:
