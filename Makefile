@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch 2.13.0. On a GPU machine, install your CUDA torch into $(VENV)
 # first and run with TORCH_SPEC= (empty) so it is kept: see README, "GPU machines".
 TORCH_SPEC ?= torch==2.13.0
-ARGS ?=
+ARGS ?= experiment=quick
 
 .DEFAULT_GOAL := help
 .PHONY: help install model run test test-fast bench clean
@@ -28,7 +28,7 @@ install: $(VENV)/.installed ## create .venv and install lem with its dev extras
 model: install ## convert the embedded model once and cache it as safetensors (~1 min the first time)
 	HF_HUB_OFFLINE=1 $(PY) -m lem.models
 
-run: model ## install, then one measured run with the defaults: make run ARGS="experiment=quick"
+run: model ## install, then one measured run (experiment=quick; other settings: make run ARGS="batching.batch_size=4")
 	HF_HUB_OFFLINE=1 $(PY) -m lem $(ARGS)
 
 test: install ## the whole test suite (GPU tests skip without a GPU)

@@ -2,8 +2,9 @@
 
 Both sides use the same loaded model object, the same prepared token ids, the same batches
 and greedy decoding, so they produce the same tokens. The lem side is what a measured run
-does per batch: `PyTorchBackend.generate` (per-step token timer, device sync), engine-
-independent token accounting, and appending raw records with fsync. The bare side is
+does in its generation phase: open-loop scheduling, `PyTorchBackend.generate` (per-step
+token timer, device sync), engine-independent token accounting, appending raw records with
+fsync, and the energy meter's sampler thread running beside it. The bare side is
 `model.generate` on the same padded tensors. Repeats alternate the order (lem first, then
 bare first) so drift on a shared CPU falls on both sides; the ratio of medians is printed.
 
@@ -31,7 +32,9 @@ def main() -> None:
 
     from lem.backends.pytorch import PyTorchBackend
     from lem.config import Device, LemConfig
-    from lem.pipeline import PhaseClock, _serve_batch, generation_params
+    from lem.measure.energy import EnergyMeter
+    from lem.pipeline import PhaseClock, _serve, generation_params
+    from lem.workload.traffic import arrival_offsets_s
     from lem.results.writer import RawWriter
     from lem.workload.batching import plan_batches
     from lem.workload.prepare import prepare_requests
@@ -65,13 +68,16 @@ def main() -> None:
             mask[row, width - r.input_tokens :] = 1
         padded.append((ids, mask, width))
 
+    offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
+    meter = EnergyMeter.from_config(cfg.energy).start()  # sampler thread on, as in a measured run
+
     def run_lem(tmp: Path, rep: int) -> tuple[float, int]:
         clock = PhaseClock()
         total = 0
         start = time.perf_counter()
         with RawWriter(tmp / f"lem-{rep}.jsonl") as writer:
-            for batch_id, batch in enumerate(batches):
-                for record in _serve_batch(backend, batch, batch_id, params, clock, clock.now_s()):
+            for served in _serve(backend, requests, offsets_s, cfg, params, clock):
+                for record in served:
                     writer.write(record)
                     total += record.output_tokens
         return time.perf_counter() - start, total
@@ -105,6 +111,7 @@ def main() -> None:
             if lem_tokens != bare_tokens:
                 raise SystemExit(f"token counts differ: lem {lem_tokens}, bare {bare_tokens}")
 
+    meter.stop()
     ratios = [a / b for a, b in zip(lem_tps, bare_tps)]
     load_1m = os.getloadavg()[0]
     print(

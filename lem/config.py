@@ -289,6 +289,7 @@ class RunConfig:
     seed: int = 0
     # Consecutive jobs of one process (a sweep) whose engine settings match share a loaded engine.
     reuse_engine: bool = True
+    cycle_cooldown_s: float = 0.0  # pause between measured cycles (cycles > 1), e.g. to let a GPU cool
 
 
 @dataclass
@@ -305,6 +306,9 @@ class LemConfig:
     flops: FlopsConfig = field(default_factory=FlopsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # The measured generation phase runs this many times on the loaded engine; the summary gives
+    # each headline metric's mean, standard deviation and 95 % confidence interval over cycles.
+    cycles: int = 1
 
 
 def register_schema() -> None:
@@ -448,6 +452,8 @@ def validate(cfg: LemConfig) -> None:
         raise ConfigError("energy.codecarbon.country_iso_code", e.codecarbon.country_iso_code, "a 3-letter ISO 3166 country code such as USA, FRA, DEU")
 
     r = cfg.run
+    _at_least("cycles", cfg.cycles, 1)
+    _at_least("run.cycle_cooldown_s", r.cycle_cooldown_s, 0)
     _at_least("run.warmup_batches", r.warmup_batches, 0)
     _at_least("run.warmup_max_output_tokens", r.warmup_max_output_tokens, 1)
 

@@ -171,15 +171,28 @@ def run_measurement(
         records: list[RequestRecord] = []
         offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
         last_flush = clock.now_s()
-        for served in _serve(backend, requests, offsets_s, cfg, params, clock):
-            for record in served:
-                writer.write(record)
-                records.append(record)
-            if clock.now_s() - last_flush >= SAMPLE_FLUSH_INTERVAL_S:
-                _flush_samples(meter, writer)
-                last_flush = clock.now_s()
-        generation = meter.end_window("generation", backend.synchronize, also_end=(RUN_WINDOW,))
-        writer.write(generation.phase_record())
+        for cycle in range(cfg.cycles):
+            for served in _serve(backend, requests, offsets_s, cfg, params, clock):
+                for record in served:
+                    record.cycle = cycle
+                    writer.write(record)
+                    records.append(record)
+                if clock.now_s() - last_flush >= SAMPLE_FLUSH_INTERVAL_S:
+                    _flush_samples(meter, writer)
+                    last_flush = clock.now_s()
+            last = cycle == cfg.cycles - 1
+            cooldown = not last and cfg.run.cycle_cooldown_s > 0
+            generation = meter.end_window(
+                "generation",
+                backend.synchronize,
+                begin_next=None if last else ("cooldown" if cooldown else "generation"),
+                also_end=(RUN_WINDOW,) if last else (),
+            )
+            writer.write(replace(generation.phase_record(), cycle=cycle))
+            if cooldown:
+                time.sleep(cfg.run.cycle_cooldown_s)
+                window = meter.end_window("cooldown", lambda: None, begin_next="generation")
+                writer.write(replace(window.phase_record(), cycle=cycle))
         writer.write(meter.closed(RUN_WINDOW).window_record())
         meter.stop()
         _flush_samples(meter, writer)

@@ -183,3 +183,32 @@ def test_poisson_traffic_run_records_arrivals_and_queueing(tiny_model: Path, tmp
     assert summary["traffic"]["arrival"] == "poisson" and summary["traffic"]["target_qps"] == 20.0
     assert summary["traffic"]["achieved_qps"] > 0
     assert "arrivals" in result.stdout and "target 20" in result.stdout
+
+
+def test_cycles_repeat_generation_on_one_loaded_engine(tiny_model: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        lem_command(run_dir, tiny_model, "cycles=3", "run.cycle_cooldown_s=0.3", "dataset.n_prompts=4", "dataset.max_output_tokens=6"),
+        cwd=tmp_path, env=lem_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = read_lines(run_dir / "raw" / "process-0.jsonl")
+    phases = [(line["name"], line["cycle"]) for line in lines if line["kind"] == "phase"]
+    assert phases == [
+        ("engine_init", None), ("model_load", None), ("warmup", None),
+        ("generation", 0), ("cooldown", 0), ("generation", 1), ("cooldown", 1), ("generation", 2),
+    ]
+    cooldowns = [line for line in lines if line["kind"] == "phase" and line["name"] == "cooldown"]
+    assert all(c["end_s"] - c["start_s"] >= 0.3 for c in cooldowns)
+    requests = [line for line in lines if line["kind"] == "request"]
+    assert sorted((r["cycle"], r["request_id"]) for r in requests) == [(c, i) for c in range(3) for i in range(4)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cycles = summary["cycles"]
+    assert cycles["n_cycles"] == 3 and len(cycles["per_cycle"]) == 3
+    st = cycles["stats"]["j_per_output_token"]
+    assert st["n"] == 3 and st["ci95_low"] <= st["mean"] <= st["ci95_high"]
+    gen_sum = sum(line["end_s"] - line["start_s"] for line in lines if line["kind"] == "phase" and line["name"] == "generation")
+    assert summary["throughput"]["generation_wall_s"] == pytest.approx(gen_sum)  # cooldowns not counted
+    total = sum(summary["phases"][n]["energy_j"] for n in summary["phases"])
+    assert total == pytest.approx(summary["energy"]["run_energy_j"], rel=0.005)  # cooldowns are phases too
+    assert "cycles (3 measured)" in result.stdout and "95 % CI" in result.stdout

@@ -65,11 +65,30 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     _phases(out, summary.get("phases") or {})
     _energy(out, summary.get("energy") or {}, summary.get("utilisation") or {})
     _compute(out, summary.get("flops") or {}, summary.get("memory") or {}, summary.get("batching") or {})
+    _cycles(out, summary.get("cycles"))
     warnings = summary.get("warnings") or []
     out.append("")
     out.append("warnings" if warnings else "warnings: none")
     out.extend(f"  ! {w}" for w in warnings)
     return "\n".join(out)
+
+
+def _cycles(out: list[str], cycles: Mapping[str, Any] | None) -> None:
+    if not cycles:
+        return
+    rows = []
+    for metric, label in (
+        ("j_per_output_token", "J/token"),
+        ("output_tokens_per_s", "output tok/s"),
+        ("mean_power_w", "mean power W"),
+        ("ttft_ms_p50", "TTFT p50 ms"),
+        ("tpot_ms_p50", "TPOT p50 ms"),
+    ):
+        st = (cycles.get("stats") or {}).get(metric) or {}
+        ci = f"[{fmt_num(st.get('ci95_low'))}, {fmt_num(st.get('ci95_high'))}]" if st.get("ci95_low") is not None else DASH
+        cv = f"{st['cv'] * 100:.1f} %" if st.get("cv") is not None else DASH
+        rows.append([label, fmt_num(st.get("mean")), fmt_num(st.get("std")), cv, ci])
+    _grid(out, f"cycles ({cycles.get('n_cycles')} measured)", ["", "mean", "std", "CV", "95 % CI"], rows, align="lrrrl")
 
 
 def _kv(out: list[str], label: str, value: str) -> None:
@@ -218,6 +237,8 @@ def _compute(out: list[str], flops: Mapping[str, Any], mem: Mapping[str, Any], b
     _kv(out, "FLOPs", fmt_si(flops.get("total_flops"), "FLOP") + src)
     _kv(out, "per output token", fmt_si(flops.get("flops_per_output_token"), "FLOP"))
     _kv(out, "achieved", fmt_si(flops.get("flops_per_s"), "FLOP/s"))
+    if flops.get("mfu") is not None:
+        _kv(out, "MFU", f"{flops['mfu'] * 100:.1f} % of {fmt_si(flops.get('peak_flops_per_s'), 'FLOP/s')} peak")
     out.append("")
     out.append("batching")
     hist = batching.get("batch_size_histogram") or {}

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lem.errors import LemError
+from lem.results.cycles import cycles_section
 from lem.results.energy import energy_of, energy_section, utilisation_section
 from lem.results.latency import distribution, request_latencies
 from lem.results.reader import RawProcessRecords
@@ -42,6 +43,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
     memory = _memory_section(procs)
     batching = _batching_section(procs)
     traffic = _traffic_section(requests, config)
+    cycles = cycles_section(procs, warnings)
 
     if window_s is not None and window_s < MIN_WINDOW_S:
         warnings.append(
@@ -68,6 +70,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
         "memory": memory,
         "batching": batching,
         "traffic": traffic,
+        "cycles": cycles,
         "warnings": warnings,
         "config": copy.deepcopy(dict(config)) if config is not None else None,
     }
@@ -94,7 +97,7 @@ def _run_section(
     if torn:
         warnings.append(f"torn last line dropped in {', '.join(torn)} (process killed mid-write)")
     if status == "completed" and expected is not None and len(requests) != expected:
-        warnings.append(f"{len(requests)} requests recorded but the config asked for dataset.n_prompts={expected}")
+        warnings.append(f"{len(requests)} requests recorded but the config asked for {expected} (dataset.n_prompts x cycles)")
 
     return {
         "status": status,
@@ -119,7 +122,10 @@ def _run_section(
 def _expected_requests(config: Mapping[str, Any] | None) -> int | None:
     dataset = config.get("dataset") if isinstance(config, Mapping) else None
     n = dataset.get("n_prompts") if isinstance(dataset, Mapping) else None
-    return n if isinstance(n, int) and not isinstance(n, bool) else None
+    cycles = config.get("cycles", 1) if isinstance(config, Mapping) else 1
+    if not isinstance(n, int) or isinstance(n, bool):
+        return None
+    return n * cycles if isinstance(cycles, int) and cycles >= 1 else n
 
 
 def _tokens_section(requests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -161,26 +167,29 @@ def _generation_window_s(procs: list[RawProcessRecords], warnings: list[str]) ->
     A process killed during generation has no generation phase record: its requests bound it.
     """
     off = _clock_offsets(procs)
-    starts: list[float] = []
-    ends: list[float] = []
+    spans: dict[int, list[tuple[float, float]]] = defaultdict(list)  # per measured cycle
     from_requests = []
     for p in procs:
         gen = [ph for ph in p.phases if ph.get("name") == "generation"]
         if gen:
-            starts += [off[id(p)] + float(ph["start_s"]) for ph in gen]
-            ends += [off[id(p)] + float(ph["end_s"]) for ph in gen]
+            for ph in gen:
+                spans[int(ph.get("cycle") or 0)].append((off[id(p)] + float(ph["start_s"]), off[id(p)] + float(ph["end_s"])))
         elif p.requests:
-            starts.append(off[id(p)] + min(float(r["start_s"]) for r in p.requests))
-            ends.append(off[id(p)] + max(float(r["end_s"]) for r in p.requests))
+            for cycle in sorted({int(r.get("cycle") or 0) for r in p.requests}):
+                mine = [r for r in p.requests if int(r.get("cycle") or 0) == cycle]
+                spans[cycle].append(
+                    (off[id(p)] + min(float(r["start_s"]) for r in mine), off[id(p)] + max(float(r["end_s"]) for r in mine))
+                )
             from_requests.append(p.process_index)
-    if not starts:
+    if not spans:
         return None
     if from_requests:
         warnings.append(
             "generation window of process(es) "
             f"{', '.join(map(str, from_requests))} taken from request records (no generation phase record)"
         )
-    return max(ends) - min(starts)
+    # Each cycle's window spans all processes (wall clock); cycles add up, the pauses between them do not count.
+    return sum(max(e for _, e in s) - min(b for b, _ in s) for s in spans.values())
 
 
 def _throughput_section(n_requests: int, tokens: dict[str, Any], window_s: float | None) -> dict[str, Any]:
@@ -213,12 +222,14 @@ def _phases_section(
     flat: dict[str, Any] = {}
     for name in names:
         records = [(p, ph) for p in procs for ph in p.phases if ph.get("name") == name]
-        start = min(off[id(p)] + float(ph["start_s"]) for p, ph in records)
-        end = max(off[id(p)] + float(ph["end_s"]) for p, ph in records)
+        by_cycle: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+        for p, ph in records:
+            by_cycle[ph.get("cycle")].append((off[id(p)] + float(ph["start_s"]), off[id(p)] + float(ph["end_s"])))
         readings = [(p, r) for p, ph in records for r in ph.get("energy") or []]
         _warn_shared_meters(name, readings, warnings)
         flat[name] = {
-            "wall_s": end - start,
+            # Span over processes of each cycle's window, summed over cycles.
+            "wall_s": sum(max(e for _, e in spans) - min(b for b, _ in spans) for spans in by_cycle.values()),
             "n_processes": len({p.process_index for p, _ in records}),
             **energy_of([r for _, r in readings], warnings, where=name),
         }
@@ -261,21 +272,35 @@ def _warn_shared_meters(phase: str, readings: list[tuple[RawProcessRecords, dict
 def _flops_section(
     procs: list[RawProcessRecords], tokens: dict[str, Any], window_s: float | None, warnings: list[str]
 ) -> dict[str, Any]:
+    """Total FLOPs over processes, per output token, achieved FLOP/s, and MFU/HFU against the GPU's peak."""
+    from lem.measure.flops import flops_summary
+
     values = [(p.process_index, p.flops[-1]) for p in procs if p.flops]
     counted = [(i, f) for i, f in values if f.get("total_flops") is not None]
-    total: float | None = None
+    combined: dict[str, Any] = {"total_flops": None, "source": None, "notes": []}
     if counted and len(counted) == len(procs):
-        total = sum(float(f["total_flops"]) for _, f in counted)
+        combined = {
+            key: (sum(float(f[key]) for _, f in counted) if all(f.get(key) is not None for _, f in counted) else None)
+            for key in ("total_flops", "useful_flops", "prefill_flops", "decode_flops")
+        }
+        combined["source"] = "+".join(sorted({str(f["source"]) for _, f in counted}))
+        # Peaks add up over the processes' GPUs (one GPU each, same model in a run).
+        peaks = [f.get("peak_flops_per_s") for _, f in counted]
+        combined["peak_flops_per_s"] = sum(peaks) if all(x is not None for x in peaks) else None
+        combined["notes"] = sorted({n for _, f in counted for n in f.get("notes") or []})
     elif counted:
         missing = sorted({p.process_index for p in procs} - {i for i, _ in counted})
         warnings.append(f"FLOPs missing for process(es) {missing}: total FLOPs left null")
-    n_out = tokens["output_tokens"]
-    return {
-        "total_flops": total,
-        "source": "+".join(sorted({str(f["source"]) for _, f in counted})) if total is not None else None,
-        "flops_per_output_token": total / n_out if total is not None and n_out else None,
-        "flops_per_s": total / window_s if total is not None and window_s else None,
-    }
+    elif values:
+        combined["notes"] = sorted({n for _, f in values for n in f.get("notes") or []})
+    h0 = procs[0].header
+    out = flops_summary(
+        combined, tokens["output_tokens"], window_s, device_type=h0.get("device_type"),
+        device_name=(h0.get("device_names") or [None])[0], dtype=h0.get("dtype"),
+    )
+    out["strategy"] = next((f.get("strategy") for _, f in values if f.get("strategy")), None)
+    out["calflops_vs_analytical"] = next((f.get("calflops_vs_analytical") for _, f in values if f.get("calflops_vs_analytical") is not None), None)
+    return out
 
 
 def _memory_section(procs: list[RawProcessRecords]) -> dict[str, Any]:

@@ -146,7 +146,7 @@ def energy_section(
         "all_phases_energy_j": all_phases,
         **run,
         "idle_baseline": _idle_section(procs),
-        "steady_state": _steady_state(procs, requests, series, offsets),
+        "steady_state": _steady_state_all_cycles(procs, series, offsets),
         "cross_check": _cross_check(procs),
         "co2": _co2_section(meters, run.get("run_energy_j"), run.get("run_energy_source"), all_phases, totals, gen, n_out, warnings),
         "devices": [{"process_index": i, **c} for i, m in meters.items() for c in m.get("channels") or []],
@@ -321,8 +321,51 @@ def _energy_between(s: Mapping[str, Any], a: float, b: float) -> tuple[float | N
     return None, None
 
 
+_NO_STEADY_STATE: dict[str, Any] = {
+    "start_s": None, "end_s": None, "wall_s": None, "concurrency": None, "output_tokens": None, "energy_j": None,
+    "energy_source": None, "net_energy_j": None, "j_per_output_token": None, "net_j_per_output_token": None,
+    "estimated_j_per_output_token": None,
+}
+
+
+def _steady_state_all_cycles(
+    procs: list[RawProcessRecords], series: dict[tuple[int, str, str], dict[str, Any]], offsets: Mapping[int, float]
+) -> dict[str, Any]:
+    """The steady-state window of each measured cycle, combined: energies, tokens and wall time summed."""
+    cycles = sorted({int(r.get("cycle") or 0) for p in procs for r in p.requests})
+    parts = [_steady_state(procs, series, offsets, cycle=c) for c in cycles]
+    if len(parts) <= 1:
+        return parts[0] if parts else _steady_state(procs, series, offsets)
+    if any(part["wall_s"] is None for part in parts):
+        return {**_NO_STEADY_STATE, "n_cycles": len(parts)}
+
+    def total(key: str) -> float | None:
+        values = [part[key] for part in parts]
+        return None if any(v is None for v in values) else sum(values)
+
+    tokens, energy, net = total("output_tokens"), total("energy_j"), total("net_energy_j")
+    sources = {part["energy_source"] for part in parts}
+    return {
+        "start_s": parts[0]["start_s"],
+        "end_s": parts[-1]["end_s"],
+        "wall_s": total("wall_s"),
+        "concurrency": min(part["concurrency"] for part in parts),
+        "output_tokens": tokens,
+        "energy_j": energy,
+        "energy_source": sources.pop() if len(sources) == 1 else None,
+        "net_energy_j": net,
+        "j_per_output_token": _per(energy, tokens),
+        "net_j_per_output_token": _per(net, tokens),
+        "estimated_j_per_output_token": None,
+        "n_cycles": len(parts),
+    }
+
+
 def _steady_state(
-    procs: list[RawProcessRecords], requests: list[dict[str, Any]], series: dict[tuple[int, str, str], dict[str, Any]], offsets: Mapping[int, float]
+    procs: list[RawProcessRecords],
+    series: dict[tuple[int, str, str], dict[str, Any]],
+    offsets: Mapping[int, float],
+    cycle: int | None = None,
 ) -> dict[str, Any]:
     """Energy per token while the engine ran at its peak concurrency.
 
@@ -331,13 +374,13 @@ def _steady_state(
     are left out. Energy comes from the timeline (cumulative counters interpolated at the
     window's ends, or integrated power); tokens are those whose time falls inside.
     """
-    empty: dict[str, Any] = {"start_s": None, "end_s": None, "wall_s": None, "concurrency": None, "output_tokens": None,
-                             "energy_j": None, "energy_source": None, "net_energy_j": None, "j_per_output_token": None,
-                             "net_j_per_output_token": None, "estimated_j_per_output_token": None}
+    empty = dict(_NO_STEADY_STATE)
     events = []
     for p in procs:
         off = offsets[id(p)]
         for r in p.requests:
+            if cycle is not None and int(r.get("cycle") or 0) != cycle:
+                continue
             events.append((off + float(r["start_s"]), 1))
             events.append((off + float(r["end_s"]), -1))
     if not events:
@@ -398,8 +441,8 @@ def utilisation_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
         gens = [ph for ph in p.phases if ph.get("name") == "generation"]
         if not gens or not any(r["sm_util_pct"] is not None or r["temp_c"] is not None for r in s["rows"]):
             continue
-        a, b = float(gens[-1]["start_s"]), float(gens[-1]["end_s"])
-        rows = [r for r in s["rows"] if a <= r["t_s"] <= b]
+        spans = [(float(g["start_s"]), float(g["end_s"])) for g in gens]  # one per measured cycle
+        rows = [r for r in s["rows"] if any(a <= r["t_s"] <= b for a, b in spans)]
 
         def mean(name: str) -> float | None:
             return mean_std([r[name] for r in rows if r[name] is not None])[0]

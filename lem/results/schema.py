@@ -18,8 +18,9 @@ from typing import Any, Literal
 RAW_SCHEMA_VERSION = "lem.raw/1"
 SUMMARY_SCHEMA_VERSION = "lem.summary/1"
 
-PhaseName = Literal["engine_init", "model_load", "warmup", "generation"]
-PHASE_ORDER: tuple[str, ...] = ("engine_init", "model_load", "warmup", "generation")
+PhaseName = Literal["engine_init", "model_load", "warmup", "generation", "cooldown"]
+# cooldown: the pause between measured cycles (cycles > 1), measured so the phases still add up to the run.
+PHASE_ORDER: tuple[str, ...] = ("engine_init", "model_load", "warmup", "generation", "cooldown")
 
 # Where a figure came from. None means nothing measured it (the value is null too).
 EnergySource = Literal["counter", "sampled", "rapl", "estimated"]
@@ -152,6 +153,7 @@ class PhaseRecord:
     start_s: float
     end_s: float
     energy: list[EnergyReading] = field(default_factory=list)  # empty: nothing measured
+    cycle: int | None = None  # generation and cooldown: which measured cycle (0-based); None for setup phases
     kind: str = "phase"
 
     @property
@@ -173,6 +175,7 @@ class RequestRecord:
     token_times_s: list[float]  # availability time of every output token (len == output_tokens)
     finish_reason: str  # "stop" (EOS) | "length" (hit max_output_tokens)
     padded_input_tokens: int | None = None  # input length the engine actually processed, padding included
+    cycle: int = 0  # which measured cycle served it (cycles > 1 repeat every request)
     kind: str = "request"
 
 

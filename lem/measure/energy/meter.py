@@ -404,7 +404,7 @@ class EnergyMeter:
         for n in (name, *also_end):
             if n not in self._open:
                 raise LemError(f"energy window {n!r} was never begun (open: {', '.join(self._open) or 'none'})")
-        if begin_next is not None and begin_next in self._open:
+        if begin_next is not None and begin_next in self._open and begin_next not in (name, *also_end):
             raise LemError(f"energy window {begin_next!r} is already open; end it before beginning it again")
         (synchronize or self._default_synchronize)()
         end = self._read(force_counters=True)
