@@ -282,6 +282,16 @@ class TrackingConfig:
     experiment_name: str = "lem"
 
 
+class ReportFormat(Enum):
+    table = "table"  # the aligned text table
+    json = "json"  # summary.json on stdout, for scripts (the table is not printed)
+
+
+@dataclass
+class ReportConfig:
+    format: ReportFormat = ReportFormat.table
+
+
 @dataclass
 class RunConfig:
     warmup_batches: int = 1  # generation passes run and discarded before measuring
@@ -306,6 +316,7 @@ class LemConfig:
     flops: FlopsConfig = field(default_factory=FlopsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     # The measured generation phase runs this many times on the loaded engine; the summary gives
     # each headline metric's mean, standard deviation and 95 % confidence interval over cycles.
     cycles: int = 1

@@ -9,6 +9,7 @@ with ``python -m lem.summarize RUN_DIR``.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lem import __version__
-from lem.config import DatasetSource, Device, LemConfig, resolve_device
+from lem.config import DatasetSource, Device, LemConfig, ReportFormat, resolve_device
 from lem.results.schema import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
 from lem.workload.scheduler import ScheduledBatch, open_loop_batches
 from lem.workload.traffic import arrival_offsets_s
@@ -212,8 +213,11 @@ def run_measurement(
 
     pool.give_back(cfg, backend)
     summary = write_summary(run_dir)
-    print(render_summary(summary), flush=True)
-    print(f"\nresults: {run_dir}", flush=True)
+    if cfg.report.format is ReportFormat.json:
+        print(json.dumps(summary, indent=1), flush=True)  # machine-readable: nothing else on stdout
+    else:
+        print(render_summary(summary), flush=True)
+        print(f"\nresults: {run_dir}", flush=True)
     return summary
 
 

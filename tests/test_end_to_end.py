@@ -165,7 +165,7 @@ def test_poisson_traffic_run_records_arrivals_and_queueing(tiny_model: Path, tmp
     result = subprocess.run(
         lem_command(
             run_dir, tiny_model, "traffic=poisson", "traffic.target_qps=20", "dataset.n_prompts=12",
-            "dataset.max_output_tokens=6", "batching.batch_size=4",
+            "dataset.max_output_tokens=6", "batching.batch_size=4", "report.format=json",
         ),
         cwd=tmp_path, env=lem_env(), capture_output=True, text=True, timeout=300,
     )
@@ -180,9 +180,11 @@ def test_poisson_traffic_run_records_arrivals_and_queueing(tiny_model: Path, tmp
     for r in requests:
         assert r["start_s"] >= r["arrival_s"] - 1e-6  # never served before it arrived
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert json.loads(result.stdout) == summary  # report.format=json: stdout is exactly the summary
     assert summary["traffic"]["arrival"] == "poisson" and summary["traffic"]["target_qps"] == 20.0
     assert summary["traffic"]["achieved_qps"] > 0
-    assert "arrivals" in result.stdout and "target 20" in result.stdout
+    table = subprocess.run([sys.executable, "-m", "lem.summarize", str(run_dir), "--no-write"], capture_output=True, text=True, timeout=120)
+    assert "arrivals" in table.stdout and "target 20" in table.stdout
 
 
 def test_cycles_repeat_generation_on_one_loaded_engine(tiny_model: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ so a summary can always be rebuilt (after a crash, or after the aggregation impr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -70,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory (holds raw/process-<i>.jsonl)")
     parser.add_argument("--no-write", action="store_true", help="print the summary only; leave summary.json untouched")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON (machine-readable) instead of the table")
     args = parser.parse_args(argv)
 
     failed = 0
@@ -79,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except LemError as e:
             print(f"lem.summarize: {run_dir}: {e}", file=sys.stderr)
             failed += 1
+            continue
+        if args.json:
+            print(json.dumps(summary, indent=1))
             continue
         if len(args.run_dirs) > 1:
             print(("\n" if i else "") + f"== {run_dir}")
