@@ -44,6 +44,10 @@ def _task(cfg: Any) -> float | None:
     from lem.jobs import execute_job
     from lem.tracking import run_tracked
 
+    from lem.distributed import launched_by_torchrun
+
+    if launched_by_torchrun() and int(os.environ.get("RANK", "0")) > 0:
+        lem_cfg.tracking.enabled = False  # under torchrun, rank 0 logs the run for every rank
     try:
         summary = run_tracked(lem_cfg, cfg, run_dir, lambda: execute_job(lem_cfg, cfg, run_dir))
     except LemError as error:

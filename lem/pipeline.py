@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lem import __version__
-from lem.config import DatasetSource, Device, LemConfig, ReportFormat, resolve_device
+from lem.config import DatasetSource, Device, LemConfig, ReportFormat, ShardingStrategy, resolve_device
 from lem.results.schema import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
 from lem.workload.scheduler import ScheduledBatch, open_loop_batches
 from lem.workload.traffic import arrival_offsets_s
@@ -57,11 +57,13 @@ def generation_params(cfg: LemConfig) -> GenerationParams:
     )
 
 
-def measured_cuda_indices(cfg: LemConfig) -> list[int]:
-    """CUDA devices (torch numbering) the run's engine uses: what the energy meter watches."""
+def measured_cuda_indices(cfg: LemConfig, local_rank: int = 0) -> list[int]:
+    """CUDA devices (torch numbering) this process's engine uses: what its energy meter watches."""
     if resolve_device(cfg.backend.device) is not Device.cuda:
         return []
-    return list(range(max(1, cfg.sharding.num_shards)))
+    if cfg.sharding.strategy is ShardingStrategy.pipeline_parallel:
+        return list(range(cfg.sharding.num_shards))  # one process drives every stage's GPU
+    return [local_rank]  # one device per process (alone, a replica, or a tensor-parallel rank)
 
 
 def run_measurement(
@@ -71,18 +73,21 @@ def run_measurement(
     process_index: int = 0,
     world_size: int = 1,
     engines: Any = None,
-) -> dict[str, Any]:
-    """Run one measured job into ``run_dir``; return the summary dict.
+    group: Any = None,
+    summarize: bool = True,
+) -> dict[str, Any] | None:
+    """Run one measured job (or this process's rank of one) into ``run_dir``; return the summary dict.
 
     ``engines`` (a ``lem.backends.pool.EnginePool``) lends an engine already loaded by an
     earlier job with the same engine settings; its setup phases are then not measured again.
+    ``group`` (a ``lem.distributed.RankGroup``) places this process among the ranks of a
+    sharded run; ``summarize=False`` leaves the summary to whoever waits for every rank.
     """
     from lem.backends.pool import EnginePool
+    from lem.distributed import RankGroup, records_requests, shard_requests
     from lem.measure.energy import EnergyMeter
     from lem.measure.memory import PeakMemory
     from lem.models.resolve import resolve_model_path
-    from lem.report.table import render_summary
-    from lem.results.summarize import write_summary
     from lem.results.writer import RawWriter
     from lem.workload.prompts import load_prompts
 
@@ -96,9 +101,10 @@ def run_measurement(
     resolve_model_path(cfg.model)
 
     pool = engines if engines is not None else EnginePool(enabled=False)
+    group = group if group is not None else RankGroup()
     clock = PhaseClock()
-    cuda_indices = measured_cuda_indices(cfg)
-    meter = EnergyMeter.from_config(cfg.energy, cuda_indices, t0=clock.t0)
+    cuda_indices = measured_cuda_indices(cfg, group.local_rank)
+    meter = EnergyMeter.from_config(cfg.energy, cuda_indices, t0=clock.t0, host_meters=group.measures_host)
     meter.validity_windows = {"generation"}  # setup phases are short by nature: only generation's length matters
     memory = PeakMemory()
     memory.start()
@@ -157,7 +163,8 @@ def run_measurement(
         from lem.workload.batching import plan_batches
         from lem.workload.prepare import prepare_requests
 
-        requests = prepare_requests(prompts, backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens)
+        requests = shard_requests(prepare_requests(prompts, backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens), cfg, group)
+        recording = records_requests(cfg, group)
         params = generation_params(cfg)
         warmup_params = replace(
             params,
@@ -166,6 +173,7 @@ def run_measurement(
         )
         for batch in plan_batches(requests, cfg.batching, params.max_output_tokens)[: cfg.run.warmup_batches]:
             backend.generate(batch, warmup_params)
+        group.barrier()  # ranks start generating together, so their measured windows overlap
         meter.end_window("warmup", backend.synchronize, begin_next="generation")
         writer.write(meter.closed("warmup").phase_record())
 
@@ -176,11 +184,13 @@ def run_measurement(
             for served in _serve(backend, requests, offsets_s, cfg, params, clock):
                 for record in served:
                     record.cycle = cycle
-                    writer.write(record)
-                    records.append(record)
+                    if recording:
+                        writer.write(record)
+                        records.append(record)
                 if clock.now_s() - last_flush >= SAMPLE_FLUSH_INTERVAL_S:
                     _flush_samples(meter, writer)
                     last_flush = clock.now_s()
+            group.barrier()  # the window closes when the slowest rank is done: host meters cover every rank
             last = cycle == cfg.cycles - 1
             cooldown = not last and cfg.run.cycle_cooldown_s > 0
             generation = meter.end_window(
@@ -212,6 +222,14 @@ def run_measurement(
         writer.close()
 
     pool.give_back(cfg, backend)
+    return report_summary(cfg, run_dir) if summarize else None
+
+
+def report_summary(cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
+    """Compute ``summary.json`` from every raw record file of the run, print it, return it."""
+    from lem.report.table import render_summary
+    from lem.results.summarize import write_summary
+
     summary = write_summary(run_dir)
     if cfg.report.format is ReportFormat.json:
         print(json.dumps(summary, indent=1), flush=True)  # machine-readable: nothing else on stdout

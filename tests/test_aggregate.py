@@ -319,3 +319,17 @@ def test_python_dash_m_lem_summarize(tmp_path: Path):
     )
     assert out.returncode == 0, out.stderr
     assert "throughput" in out.stdout and (tmp_path / "summary.json").exists()
+
+
+def test_processes_that_did_not_overlap_are_flagged():
+    together = [proc(i, world_size=2, phases=[gen(0.0, 10.0)], requests=[req(i, 0.0)]) for i in range(2)]
+    s = summarize(together)
+    assert s["run"]["process_overlap_fraction"] == pytest.approx(1.0)
+    assert not any("generated together" in w for w in s["warnings"])
+    apart = [proc(0, world_size=2, phases=[gen(0.0, 10.0)], requests=[req(0, 0.0)]),
+             proc(1, world_size=2, t0=1_700_000_008.0, phases=[gen(0.0, 10.0)], requests=[req(1, 0.0)])]
+    s = summarize(apart)
+    assert s["run"]["process_overlap_fraction"] == pytest.approx(2.0 / 18.0)  # 8..10 of 0..18
+    assert any("generated together for only 11%" in w for w in s["warnings"])
+    assert s["throughput"]["generation_wall_s"] == pytest.approx(18.0)  # span of all processes
+    assert s["tokens"]["output_tokens"] == 200  # tokens summed over processes

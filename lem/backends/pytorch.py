@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from lem.backends.base import EngineDescription, RawGeneration
-from lem.config import Device, DType, LemConfig, Quantization, resolve_device
+from lem.config import Device, DType, LemConfig, Quantization, ShardingStrategy, resolve_device
 from lem.errors import LemError
 from lem.workload.types import GenerationParams, PreparedRequest
 
@@ -54,15 +54,22 @@ class PyTorchBackend:
         # Full-precision float32 matmuls (no TF32) unless the user picks a lower dtype.
         torch.set_float32_matmul_precision("highest")
         device = resolve_device(self.cfg.backend.device)
+        rank = local_rank()  # data/tensor parallel: one process per device
         if device is Device.cuda:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # allow_tf32 is deprecated in newer torch but still honoured
                 torch.backends.cuda.matmul.allow_tf32 = False
                 torch.backends.cudnn.allow_tf32 = False
-            self._device = torch.device("cuda", torch.cuda.current_device())
+            torch.cuda.set_device(rank)
+            self._device = torch.device("cuda", rank)
             torch.empty(1, device=self._device)  # create the CUDA context now, not inside model_load
         else:
             self._device = torch.device("cpu")
+        if self.cfg.sharding.strategy is ShardingStrategy.tensor_parallel:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():  # lem's own rank launcher (lem.distributed) or torchrun set the env
+                dist.init_process_group(backend="nccl" if device is Device.cuda else "gloo")
 
     def load_model(self) -> None:
         import torch
@@ -84,7 +91,14 @@ class PyTorchBackend:
         quant = self.cfg.precision.quantization
         if quant is not Quantization.none:
             kwargs["quantization_config"] = self._bnb_config(quant, kwargs["dtype"])
-        if self._device.type == "cuda":
+        sharding = self.cfg.sharding
+        if sharding.strategy is ShardingStrategy.tensor_parallel:
+            kwargs.update(_tensor_parallel_kwargs(sharding.num_shards))  # every rank holds 1/num_shards of each layer
+        elif sharding.strategy is ShardingStrategy.pipeline_parallel:
+            # Whole layers spread evenly over the first num_shards GPUs; one process drives them in turn.
+            kwargs["device_map"] = "balanced"
+            kwargs["max_memory"] = {i: torch.cuda.get_device_properties(i).total_memory for i in range(sharding.num_shards)}
+        elif self._device.type == "cuda":
             kwargs["device_map"] = {"": self._device.index or 0}  # load straight onto the GPU
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -92,7 +106,7 @@ class PyTorchBackend:
         except (OSError, ValueError, ImportError) as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LemError(f"model.name_or_path={model_cfg.name_or_path}: could not load it: {first_line}") from e
-        if self._device.type == "cpu":
+        if self._device.type == "cpu" and sharding.strategy is not ShardingStrategy.tensor_parallel:
             model.to(self._device)
         model.eval()
 
@@ -163,7 +177,11 @@ class PyTorchBackend:
         if self._device is not None and self._device.type == "cuda":
             import torch
 
-            torch.cuda.synchronize(self._device)
+            if self.cfg.sharding.strategy is ShardingStrategy.pipeline_parallel:
+                for i in range(self.cfg.sharding.num_shards):  # every stage's GPU, not just the first
+                    torch.cuda.synchronize(i)
+            else:
+                torch.cuda.synchronize(self._device)
 
     def describe(self) -> EngineDescription:
         import torch
@@ -172,7 +190,10 @@ class PyTorchBackend:
         device_type = self._device.type if self._device is not None else resolve_device(self.cfg.backend.device).value
         if device_type == "cuda":
             index = self._device.index if self._device is not None and self._device.index is not None else 0
-            device_names = [torch.cuda.get_device_name(index)]
+            if self.cfg.sharding.strategy is ShardingStrategy.pipeline_parallel:
+                device_names = [torch.cuda.get_device_name(i) for i in range(self.cfg.sharding.num_shards)]
+            else:
+                device_names = [torch.cuda.get_device_name(index)]
         else:
             device_names = [cpu_name()]
         pt = self.cfg.backend.pytorch
@@ -183,6 +204,8 @@ class PyTorchBackend:
             "quantization": self.cfg.precision.quantization.value,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "model_path": self._model_path,
+            "sharding": self.cfg.sharding.strategy.value,
+            "num_shards": self.cfg.sharding.num_shards,
         }
         dtype = self.cfg.precision.dtype.value
         if self._model is not None:
@@ -287,6 +310,21 @@ class PyTorchBackend:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         kwargs.update(self._compile_kwargs)
         return kwargs
+
+
+def local_rank() -> int:
+    """This process's device index among the node's ranks (torchrun / lem.distributed set LOCAL_RANK); 0 alone."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _tensor_parallel_kwargs(num_shards: int) -> dict[str, Any]:
+    try:
+        from transformers import DistributedConfig
+    except ImportError:  # transformers before DistributedConfig: the older keyword
+        return {"tp_plan": "auto"}
+    return {"distributed_config": DistributedConfig(tp_plan="auto", tp_size=num_shards)}
 
 
 @functools.cache

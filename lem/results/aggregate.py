@@ -45,6 +45,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
     traffic = _traffic_section(requests, config)
     cycles = cycles_section(procs, warnings)
 
+    run["process_overlap_fraction"] = _process_overlap(procs, warnings)
     if window_s is not None and window_s < MIN_WINDOW_S:
         warnings.append(
             f"generation window {window_s:.3g} s is shorter than {MIN_WINDOW_S:g} s; "
@@ -190,6 +191,30 @@ def _generation_window_s(procs: list[RawProcessRecords], warnings: list[str]) ->
         )
     # Each cycle's window spans all processes (wall clock); cycles add up, the pauses between them do not count.
     return sum(max(e for _, e in s) - min(b for b, _ in s) for s in spans.values())
+
+
+MIN_PROCESS_OVERLAP = 0.9  # processes of one run must generate at the same time for a span-based throughput
+
+
+def _process_overlap(procs: list[RawProcessRecords], warnings: list[str]) -> float | None:
+    """Share of the generation span during which every process was generating (None with one process)."""
+    off = _clock_offsets(procs)
+    windows = []
+    for p in procs:
+        gen = [ph for ph in p.phases if ph.get("name") == "generation"]
+        if gen:
+            windows.append((off[id(p)] + min(float(g["start_s"]) for g in gen), off[id(p)] + max(float(g["end_s"]) for g in gen)))
+    if len(windows) < 2:
+        return None
+    span = max(e for _, e in windows) - min(b for b, _ in windows)
+    common = min(e for _, e in windows) - max(b for b, _ in windows)
+    fraction = max(0.0, common) / span if span > 0 else 1.0
+    if fraction < MIN_PROCESS_OVERLAP:
+        warnings.append(
+            f"the {len(windows)} processes generated together for only {fraction:.0%} of the span: throughput over the "
+            "span and summed energy describe processes that did not run concurrently"
+        )
+    return fraction
 
 
 def _throughput_section(n_requests: int, tokens: dict[str, Any], window_s: float | None) -> dict[str, Any]:

@@ -173,11 +173,13 @@ class EnergyMeter:
         output_dir: str | Path | None = None,
         rapl_root: str | Path | None = None,
         cache_dir: str | Path | None = None,
+        host_meters: bool = True,
     ) -> EnergyMeter:
         """A meter over what exists: NVML for the given CUDA devices, RAPL, CodeCarbon for what has no sensor.
 
         Nothing is opened until ``start()``. ``cuda_device_indices`` are the CUDA devices the
-        engine uses (torch numbering); empty or None on a CPU run.
+        engine uses (torch numbering); empty or None on a CPU run. ``host_meters=False`` leaves
+        the host-wide meters (RAPL, CodeCarbon) to another process of the same run on this host.
         """
         from lem.measure.energy.carbon import CodeCarbonSource, carbon_intensity
         from lem.measure.energy.nvml import NvmlSource
@@ -202,12 +204,14 @@ class EnergyMeter:
             sources.append(NvmlSource(indices))
         elif indices:
             notes.append("energy.nvml=false: GPU energy not measured")
-        if cfg.rapl:
+        if not host_meters:
+            notes.append("host meters (RAPL, CodeCarbon) read by another process of this run on this host")
+        elif cfg.rapl:
             sources.append(RaplSource(rapl_root or DEFAULT_ROOT))
         else:
             notes.append("energy.rapl=false: RAPL not read")
         override = cfg.carbon_intensity_g_per_kwh
-        if cc.enabled:
+        if cc.enabled and host_meters:
             sources.append(
                 CodeCarbonSource(
                     country_iso_code=cc.country_iso_code,
@@ -220,7 +224,7 @@ class EnergyMeter:
                     tracking_mode=cc.tracking_mode,
                 )
             )
-        else:
+        elif not cc.enabled:
             notes.append("energy.codecarbon.enabled=false: no CPU/RAM estimate where no sensor exists")
 
         def intensity() -> tuple[float | None, str | None]:
@@ -630,7 +634,8 @@ class EnergyMeter:
     def warnings(self) -> list[str]:
         """Why this run's energy figures may be weak, in sentences (also in ``record()``)."""
         out: list[str] = []
-        if self._started and not self.channels:
+        delegated = any(n.startswith("host meters") for n in self.notes)
+        if self._started and not self.channels and not (delegated and not self.cuda_device_indices):
             out.append("no energy source available: every energy figure is null (" + "; ".join(self.notes) + ")")
         estimated = [c for c in self.channels if c.counter_source == "estimated"]
         if estimated:
