@@ -1,18 +1,21 @@
-"""How a validated job is executed: inline in this process (reusing a loaded engine when it can),
-or as several rank processes for data- and tensor-parallel runs (``lem.distributed``).
+"""How a validated job is executed: in an engine worker process (``lem.worker``, the default),
+inline in this process (``run.isolation=inline``), or as several rank processes for data- and
+tensor-parallel runs (``lem.distributed``).
 
-One ``EnginePool`` per process, so consecutive jobs of a sweep whose engine settings match
-share one loaded engine (``run.reuse_engine``).
+Consecutive jobs of a sweep whose engine settings match share one loaded engine
+(``run.reuse_engine``): the worker keeps it, or, inline, this process's ``EnginePool``.
 """
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 from typing import Any
 
-from lem.config import LemConfig
+from lem.config import Isolation, LemConfig
 
 _POOL: Any = None
+_WORKERS: Any = None
 
 
 def engine_pool() -> Any:
@@ -24,23 +27,44 @@ def engine_pool() -> Any:
     return _POOL
 
 
+def workers() -> Any:
+    global _WORKERS
+    if _WORKERS is None:
+        from lem.worker import WorkerManager
+
+        _WORKERS = WorkerManager()
+        atexit.register(_WORKERS.stop)  # let the worker unload its engine and exit with us
+    return _WORKERS
+
+
 def execute_job(cfg: LemConfig, composed_cfg: Any, run_dir: Path) -> dict[str, Any]:
     """Run one measured job into ``run_dir`` and return its summary."""
     from lem import distributed
     from lem.pipeline import report_summary, run_measurement
 
     if distributed.world_size(cfg) == 1:
-        summary = run_measurement(cfg, composed_cfg, run_dir, engines=engine_pool())
-        assert summary is not None
-        return summary
+        if cfg.run.isolation is Isolation.inline:
+            if _WORKERS is not None:
+                _WORKERS.stop()
+            summary = run_measurement(cfg, composed_cfg, run_dir, engines=engine_pool())
+            assert summary is not None
+            return summary
+        engine_pool().clear()
+        return workers().run(cfg, _plain(composed_cfg), run_dir)
     if distributed.launched_by_torchrun():
         return distributed.run_rank(cfg, composed_cfg, run_dir, summarize=True) or {}
-    from omegaconf import OmegaConf
-
     from lem.models.resolve import resolve_model_path
 
     engine_pool().clear()  # the ranks load their own engines; free this process's before they start
+    if _WORKERS is not None:
+        _WORKERS.stop()
     resolve_model_path(cfg.model)  # convert/cache once here, not in every rank at the same time
-    composed = OmegaConf.to_container(composed_cfg, resolve=True) if OmegaConf.is_config(composed_cfg) else composed_cfg
-    distributed.run_ranks(cfg, composed, run_dir)
+    distributed.run_ranks(cfg, _plain(composed_cfg), run_dir)
     return report_summary(cfg, run_dir)
+
+
+def _plain(composed_cfg: Any) -> Any:
+    """The composed config as plain containers, resolved: what crosses into another process."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(composed_cfg, resolve=True) if OmegaConf.is_config(composed_cfg) else composed_cfg
