@@ -122,7 +122,8 @@ def test_calflops_failure_stays_in_its_process_and_falls_back(monkeypatch):
     assert any("calflops: RuntimeError: injected failure" in n for n in rec.notes)
     monkeypatch.undo()
 
-    # Counting again after the failure gives the same numbers: nothing doubled.
+    # Counting again after the failure gives the same numbers: nothing doubled (fresh workers, no cache).
+    monkeypatch.setattr(fl, "_calflops_cache_file", lambda *a: None)
     first = calflops_fit(llama_gqa(), check_length=64)
     second = calflops_fit(llama_gqa(), check_length=64)
     assert first.prefill_flops == second.prefill_flops
@@ -343,3 +344,21 @@ def test_gpu_peak_tf32_and_aliases():
     assert peak_flops_per_s("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
     assert find_gpu("NVIDIA L40S").name == "L40S" and find_gpu("NVIDIA L40").name == "L40" and find_gpu("NVIDIA L4").name == "L4"
     assert find_gpu(None) is None
+
+
+@needs_calflops
+def test_calflops_counts_are_cached_per_architecture(monkeypatch, tmp_path):
+    monkeypatch.setenv("LEM_CACHE_DIR", str(tmp_path))
+    first = calflops_fit(llama_gqa(), check_length=64)
+    assert len(list((tmp_path / "flops").glob("calflops-*.json"))) == 1
+
+    def no_worker(*a, **k):
+        raise AssertionError("the cached counts should have been used")
+
+    monkeypatch.setattr(fl.subprocess, "run", no_worker)
+    again = calflops_fit(llama_gqa(), check_length=64)
+    assert again.prefill_flops == first.prefill_flops and again.decode == first.decode
+    other = llama_gqa()
+    other.num_hidden_layers += 1  # another architecture: counted afresh
+    with pytest.raises(AssertionError, match="cached counts"):
+        calflops_fit(other, check_length=64)

@@ -45,6 +45,7 @@ strategy used is ``source`` and every fallback's reason is in ``notes``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -406,6 +407,10 @@ def calflops_fit(
             request["config_dir"] = tmp
         else:
             request["model_path"] = model_path
+        cache_file = _calflops_cache_file(config, request) if "config_dir" in request and not inject_failure else None
+        cached = _read_json(cache_file) if cache_file is not None else None
+        if cached is not None:
+            return _fit_from_result(cached, check_length)
         req_path, out_path = Path(tmp, "request.json"), Path(tmp, "result.json")
         req_path.write_text(json.dumps(request))
         env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
@@ -423,6 +428,45 @@ def calflops_fit(
         result = json.loads(out_path.read_text())
     if not result.get("ok"):
         raise FlopsUnavailable(f"calflops: {result.get('error')}" + (" (its patches stayed inside the worker)" if result.get("torch_left_patched") else ""))
+    if cache_file is not None:
+        _write_json_atomic(cache_file, result)
+    return _fit_from_result(result, check_length)
+
+
+def _calflops_cache_file(config: Any, request: Mapping[str, Any]) -> Path | None:
+    """calflops' counts depend only on the architecture and the lengths: cache them (a worker costs seconds)."""
+    try:
+        import calflops  # noqa: F401 - its version is part of the key
+        from importlib.metadata import version
+
+        from lem.models.embedded import cache_root
+
+        arch = config.to_json_string(use_diff=False)
+        key = json.dumps([arch, request["lengths"], request["decode_kv_tokens"], version("calflops"), version("transformers")])
+    except Exception:  # noqa: BLE001 - no cache, count afresh
+        return None
+    return cache_root() / "flops" / f"calflops-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("ok") else None
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the next run a recount
+
+
+def _fit_from_result(result: Mapping[str, Any], check_length: int) -> CalflopsFit:
     prefill = {int(n): int(f) for n, f in result["prefill"].items()}
     cost = _solve_quadratic(prefill, CALFLOPS_FIT_LENGTHS)
     errors = [_rel(cost.forward_flops(check_length), prefill[check_length])]
