@@ -158,10 +158,16 @@ class VllmBackendConfig:
     engine_args: dict[str, Any] = field(default_factory=dict)  # any other EngineArgs field, passed through
 
 
+class TensorRTRuntime(Enum):
+    pytorch = "pytorch"  # tensorrt_llm.LLM: TensorRT-LLM 1.x's default PyTorch runtime
+    trt_engine = "trt_engine"  # tensorrt_llm._tensorrt_engine.LLM: builds a TensorRT engine (BuildConfig, QuantConfig)
+
+
 @dataclass
 class TensorRTBackendConfig:
     """TensorRT-LLM ``LLM`` API arguments; None leaves TensorRT-LLM's own default."""
 
+    runtime: TensorRTRuntime = TensorRTRuntime.pytorch
     max_batch_size: int | None = None
     max_input_len: int | None = None  # None: dataset.max_input_tokens
     max_seq_len: int | None = None  # None: dataset.max_input_tokens + dataset.max_output_tokens
@@ -442,7 +448,7 @@ def validate(cfg: LemConfig) -> None:
     _at_least("sharding.num_processes", s.num_processes, 1)
     if s.strategy is ShardingStrategy.none and (s.num_shards != 1 or s.num_processes != 1):
         raise ConfigError("sharding.strategy", s.strategy.value, "tensor_parallel, pipeline_parallel or data_parallel when num_shards or num_processes > 1")
-    if s.strategy is not ShardingStrategy.none:
+    if s.strategy is not ShardingStrategy.none and cfg.backend.name not in (BackendName.vllm, BackendName.tensorrt):
         raise ConfigError("sharding.strategy", s.strategy.value, "none (multi-device sharding is not implemented yet)")
 
     e = cfg.energy
@@ -505,12 +511,158 @@ def validate(cfg: LemConfig) -> None:
         raise ConfigError("model.name_or_path", cfg.model.name_or_path, "an existing local model directory, a Hugging Face model id or " + EMBEDDED_MODEL)
 
 
+VLLM_INSTALL = 'pip install -e ".[vllm]" on a CUDA machine'
+TENSORRT_INSTALL = "pip install tensorrt_llm --extra-index-url https://pypi.nvidia.com on a CUDA machine"
+
+# Engine arguments lem sets itself, and the option that sets them: a passthrough may not override them.
+_VLLM_OWNED_ARGS = {
+    "model": "model.name_or_path",
+    "tokenizer": "model.name_or_path",
+    "revision": "model.revision",
+    "trust_remote_code": "model.trust_remote_code",
+    "dtype": "precision.dtype",
+    "seed": "run.seed",
+    "tensor_parallel_size": "sharding.* or backend.vllm.tensor_parallel_size",
+    "pipeline_parallel_size": "sharding.* or backend.vllm.pipeline_parallel_size",
+    "data_parallel_size": "nothing (data parallelism is not implemented for vLLM)",
+    **{
+        name: f"backend.vllm.{name}"
+        for name in (
+            "gpu_memory_utilization", "max_model_len", "max_num_seqs", "max_num_batched_tokens",
+            "enable_prefix_caching", "enforce_eager", "kv_cache_dtype", "quantization", "speculative_config",
+        )
+    },
+}
+_TENSORRT_OWNED_ARGS = {
+    "model": "model.name_or_path",
+    "tokenizer": "model.name_or_path",
+    "revision": "model.revision",
+    "trust_remote_code": "model.trust_remote_code",
+    "dtype": "precision.dtype",
+    "backend": "backend.tensorrt.runtime",
+    "tensor_parallel_size": "sharding.* or backend.tensorrt.tensor_parallel_size",
+    "pipeline_parallel_size": "sharding.* or backend.tensorrt.pipeline_parallel_size",
+    "quant_config": "backend.tensorrt.quantization",
+    **{name: f"backend.tensorrt.{name}" for name in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")},
+}
+# Nested dicts the TensorRT-LLM passthrough may hold, minus the keys lem sets inside them.
+_TENSORRT_OWNED_NESTED = {
+    "kv_cache_config": {"free_gpu_memory_fraction": "backend.tensorrt.kv_cache_free_gpu_memory_fraction"},
+    "build_config": {name: f"backend.tensorrt.{name}" for name in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens")},
+}
+
+
+def engine_parallel_sizes(cfg: LemConfig, engine: str) -> tuple[int, int]:
+    """(tensor, pipeline) parallel sizes for backend=vllm/tensorrt, checked against sharding.*.
+
+    sharding.strategy/num_shards decide them; backend.<engine>.*_parallel_size may set them
+    explicitly (e.g. a tp x pp split), but their product must equal sharding.num_shards, which
+    is also how many GPUs the energy meter watches.
+    """
+    s = cfg.sharding
+    sub = getattr(cfg.backend, engine)
+    if s.strategy is ShardingStrategy.data_parallel or s.num_processes != 1:
+        raise ConfigError(
+            "sharding.strategy", s.strategy.value,
+            f"none, tensor_parallel or pipeline_parallel with backend={engine} (data parallelism is not implemented for this engine)",
+        )
+    tp = s.num_shards if s.strategy is ShardingStrategy.tensor_parallel else 1
+    pp = s.num_shards if s.strategy is ShardingStrategy.pipeline_parallel else 1
+    if sub.tensor_parallel_size is not None:
+        _at_least(f"backend.{engine}.tensor_parallel_size", sub.tensor_parallel_size, 1)
+        tp = sub.tensor_parallel_size
+    if sub.pipeline_parallel_size is not None:
+        _at_least(f"backend.{engine}.pipeline_parallel_size", sub.pipeline_parallel_size, 1)
+        pp = sub.pipeline_parallel_size
+    if tp * pp != s.num_shards:
+        name = "tensor_parallel_size" if sub.tensor_parallel_size is not None else "pipeline_parallel_size"
+        raise ConfigError(
+            f"backend.{engine}.{name}", getattr(sub, name),
+            f"tensor_parallel_size x pipeline_parallel_size = sharding.num_shards ({s.num_shards}); "
+            "set sharding.strategy and sharding.num_shards to match, so the energy meter watches every GPU the engine uses",
+        )
+    return tp, pp
+
+
+def _validate_engine_common(cfg: LemConfig, engine: str, quantization_hint: str) -> tuple[int, int]:
+    """Checks shared by the GPU serving engines (vLLM, TensorRT-LLM); returns (tp, pp)."""
+    if cfg.backend.device is Device.cpu:
+        raise ConfigError("backend.device", "cpu", f"auto or cuda with backend={engine} (it runs on NVIDIA GPUs only)")
+    quant = cfg.precision.quantization
+    if quant is not Quantization.none:
+        # precision.quantization means bitsandbytes in Transformers; each engine has its own methods.
+        raise ConfigError("precision.quantization", quant.value, f"none with backend={engine} (bitsandbytes is a PyTorch option); use {quantization_hint}")
+    return engine_parallel_sizes(cfg, engine)
+
+
+def _check_passthrough(key: str, passthrough: dict[str, Any], owned: dict[str, str]) -> None:
+    for name, value in passthrough.items():
+        if name in owned:
+            raise ConfigError(f"{key}.{name}", value, f"no value here: lem sets it from {owned[name]}")
+
+
+def _require_gpus(engine: str, n_gpus: int) -> None:
+    import torch  # only reached for the GPU engines, after every config-only check passed
+
+    if not torch.cuda.is_available():
+        raise ConfigError("backend.name", engine, "a machine with a CUDA GPU visible to torch (none found); use backend=pytorch here")
+    available = torch.cuda.device_count()
+    if n_gpus > available:
+        raise ConfigError("sharding.num_shards", n_gpus, f"at most {available}, the number of CUDA GPUs visible here")
+
+
 def _validate_vllm(cfg: LemConfig) -> None:
-    raise ConfigError("backend.name", "vllm", "pytorch (the vLLM backend is not implemented yet)")
+    v = cfg.backend.vllm
+    tp_pp = _validate_engine_common(cfg, "vllm", "backend.vllm.quantization (vLLM's own methods: awq, gptq, fp8, bitsandbytes, ...)")
+    _in_range("backend.vllm.gpu_memory_utilization", v.gpu_memory_utilization, 0.0, 1.0, low_open=True)
+    for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+        if getattr(v, name) is not None:
+            _at_least(f"backend.vllm.{name}", getattr(v, name), 1)
+    need = cfg.dataset.max_input_tokens + cfg.dataset.max_output_tokens
+    if v.max_model_len is not None and v.max_model_len < need:
+        # A shorter context would cut requests short of max_output_tokens: unequal terms across engines.
+        raise ConfigError("backend.vllm.max_model_len", v.max_model_len, f"at least dataset.max_input_tokens + dataset.max_output_tokens ({need})")
+    if cfg.decoder.do_sample and cfg.decoder.temperature > 2.0:
+        raise ConfigError("decoder.temperature", cfg.decoder.temperature, "a number in (0.0, 2.0] with backend=vllm (vLLM's limit)")
+    _check_passthrough("backend.vllm.engine_args", v.engine_args, _VLLM_OWNED_ARGS)
+    _require_package("backend.name", "vllm", "vllm", VLLM_INSTALL)
+    _require_gpus("vllm", tp_pp[0] * tp_pp[1])
 
 
 def _validate_tensorrt(cfg: LemConfig) -> None:
-    raise ConfigError("backend.name", "tensorrt", "pytorch (the TensorRT-LLM backend is not implemented yet)")
+    t = cfg.backend.tensorrt
+    tp_pp = _validate_engine_common(
+        cfg, "tensorrt", "backend.tensorrt.quantization (a TensorRT-LLM QuantAlgo name such as FP8 or W4A16_AWQ, with backend.tensorrt.runtime=trt_engine)"
+    )
+    _in_range("backend.tensorrt.kv_cache_free_gpu_memory_fraction", t.kv_cache_free_gpu_memory_fraction, 0.0, 1.0, low_open=True)
+    for name in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens"):
+        if getattr(t, name) is not None:
+            _at_least(f"backend.tensorrt.{name}", getattr(t, name), 1)
+    ds = cfg.dataset
+    if t.max_input_len is not None and t.max_input_len < ds.max_input_tokens:
+        raise ConfigError("backend.tensorrt.max_input_len", t.max_input_len, f"at least dataset.max_input_tokens ({ds.max_input_tokens})")
+    need = ds.max_input_tokens + ds.max_output_tokens
+    if t.max_seq_len is not None and t.max_seq_len < need:
+        raise ConfigError("backend.tensorrt.max_seq_len", t.max_seq_len, f"at least dataset.max_input_tokens + dataset.max_output_tokens ({need})")
+    if t.quantization is not None:
+        if not t.quantization.strip():
+            raise ConfigError("backend.tensorrt.quantization", t.quantization, "null or a QuantAlgo name such as FP8 or W4A16_AWQ")
+        if t.runtime is TensorRTRuntime.pytorch:
+            raise ConfigError(
+                "backend.tensorrt.quantization", t.quantization,
+                "null with backend.tensorrt.runtime=pytorch (that runtime takes quantisation from the checkpoint, "
+                "e.g. a ModelOpt FP8 model); set backend.tensorrt.runtime=trt_engine to build a quantised TensorRT engine",
+            )
+    _check_passthrough("backend.tensorrt.llm_args", t.llm_args, _TENSORRT_OWNED_ARGS)
+    for nested, owned in _TENSORRT_OWNED_NESTED.items():
+        value = t.llm_args.get(nested)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"backend.tensorrt.llm_args.{nested}", value, "a mapping of its fields (lem builds the object)")
+        _check_passthrough(f"backend.tensorrt.llm_args.{nested}", value or {}, owned)
+    if "build_config" in t.llm_args and t.runtime is TensorRTRuntime.pytorch:
+        raise ConfigError("backend.tensorrt.llm_args.build_config", t.llm_args["build_config"], "nothing with backend.tensorrt.runtime=pytorch (a BuildConfig is for trt_engine)")
+    _require_package("backend.name", "tensorrt", "tensorrt_llm", TENSORRT_INSTALL)
+    _require_gpus("tensorrt", tp_pp[0] * tp_pp[1])
 
 
 def _validate_llama_cpp(cfg: LemConfig) -> None:

@@ -62,6 +62,16 @@ BAD_CONFIGS: list[tuple[list[str], str]] = [
     (["model.name_or_path=./no/such/dir"], "model.name_or_path=./no/such/dir: expected an existing local model directory"),
     (["model.trust_remote_code=sometimes"], "model.trust_remote_code=sometimes: expected true or false"),
     (["run.warmup_batches=-1"], "run.warmup_batches=-1: expected a number >= 0"),
+    (["backend=vllm"], "backend.name=vllm: expected the 'vllm' package, which is not installed (pip install -e \".[vllm]\" on a CUDA machine)"),
+    (["backend=tensorrt"], "backend.name=tensorrt: expected the 'tensorrt_llm' package, which is not installed (pip install tensorrt_llm --extra-index-url https://pypi.nvidia.com"),
+    (["backend=vllm", "backend.vllm.gpu_memory_utilization=1.5"], "backend.vllm.gpu_memory_utilization=1.5: expected a number in (0.0, 1.0]"),
+    (["backend=vllm", "precision=int8"], "precision.quantization=int8: expected none with backend=vllm (bitsandbytes is a PyTorch option); use backend.vllm.quantization"),
+    (["backend=vllm", "backend.device=cpu"], "backend.device=cpu: expected auto or cuda with backend=vllm"),
+    (["backend=vllm", "sharding=tensor_parallel", "sharding.num_shards=2", "backend.vllm.tensor_parallel_size=4"], "backend.vllm.tensor_parallel_size=4: expected tensor_parallel_size x pipeline_parallel_size = sharding.num_shards (2)"),
+    (["backend=vllm", "+backend.vllm.engine_args.dtype=half"], "backend.vllm.engine_args.dtype=half: expected no value here: lem sets it from precision.dtype"),
+    (["backend=tensorrt", "backend.tensorrt.kv_cache_free_gpu_memory_fraction=0"], "backend.tensorrt.kv_cache_free_gpu_memory_fraction=0.0: expected a number in (0.0, 1.0]"),
+    (["backend=tensorrt", "backend.tensorrt.quantization=FP8"], "backend.tensorrt.quantization=FP8: expected null with backend.tensorrt.runtime=pytorch"),
+    (["backend=tensorrt", "backend.tensorrt.runtime=tensorrt"], "backend.tensorrt.runtime=tensorrt: expected one of pytorch, trt_engine"),
     (["x=["], "could not compose the config"),
 ]
 

@@ -16,4 +16,12 @@ def create_backend(cfg: LemConfig) -> Backend:
         from lem.backends.pytorch import PyTorchBackend
 
         return PyTorchBackend(cfg)
+    if name is BackendName.vllm:
+        from lem.backends.vllm import VllmBackend
+
+        return VllmBackend(cfg)
+    if name is BackendName.tensorrt:
+        from lem.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(cfg)
     raise ConfigError("backend.name", name.value, "pytorch (other engines are not implemented yet)")
