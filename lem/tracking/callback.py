@@ -10,6 +10,7 @@ children's table and plots. Light to import: MLflow loads only when a sweep star
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import uuid
@@ -35,6 +36,7 @@ class LemMlflowCallback(Callback):
         self.target: Any = None
         self.sweep_id: str | None = None
         self._env_before: dict[str, str | None] = {}
+        self._finalized = False
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from lem.tracking.job import _plain
@@ -70,6 +72,8 @@ class LemMlflowCallback(Callback):
             os.environ[key] = value
         if sweep_dir is not None:
             write_sweep_file(sweep_dir, {"parent_run_id": self.parent_run_id, "sweep_id": self.sweep_id, "tracking_uri": self.target.uri})
+        # Hydra skips on_multirun_end when a job's exception ends the sweep (or on Ctrl-C): close the parent at exit.
+        atexit.register(self._finalize_at_exit)
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         """Log a job that ended without logging itself (it died in validation, or before the pipeline)."""
@@ -79,11 +83,13 @@ class LemMlflowCallback(Callback):
             run_dir = Path(str(config.hydra.runtime.output_dir))
         except Exception:  # noqa: BLE001
             return
-        if is_handled(run_dir) or not run_dir.is_dir():
+        if is_handled(run_dir):
             return
         error = None
         status = getattr(getattr(job_return, "status", None), "name", "")
-        if status == "FAILED":
+        if status != "FAILED" and not run_dir.is_dir():
+            return
+        if status == "FAILED":  # logged even when its folder was discarded (refused by validation)
             import traceback
 
             exc = getattr(job_return, "_return_value", None)
@@ -92,6 +98,13 @@ class LemMlflowCallback(Callback):
         log_job(config, run_dir, error_text=error)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        self._finalize(_sweep_dir(config), ended=True)
+
+    def _finalize_at_exit(self) -> None:
+        self._finalize(None, ended=False)
+
+    def _finalize(self, sweep_dir: Path | None, *, ended: bool) -> None:
+        """Write the children's table and plots into the parent and end it (once)."""
         from lem.tracking.store import warn_logging_failed
         from lem.tracking.sweep import finalize_parent
 
@@ -100,12 +113,14 @@ class LemMlflowCallback(Callback):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = before
-        if self.parent_run_id is None or self.target is None:
+        self._env_before = {}
+        if self.parent_run_id is None or self.target is None or self._finalized:
             return
+        self._finalized = True
         try:
-            rows = finalize_parent(self.target, self.parent_run_id)
+            rows = finalize_parent(self.target, self.parent_run_id, interrupted=not ended)
         except Exception as exc:  # noqa: BLE001
-            warn_logging_failed(_sweep_dir(config) or "the sweep", exc)
+            warn_logging_failed(sweep_dir or "the sweep", exc)
             return
         failed = sum(r["status"] == "FAILED" for r in rows)
         print(

@@ -67,9 +67,9 @@ def _plain(cfg: Any) -> dict[str, Any] | None:
 
         if isinstance(cfg, DictConfig):
             try:
-                data = OmegaConf.to_container(cfg, resolve=True)
+                data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
             except Exception:  # noqa: BLE001 - ${hydra:...} and missing values outside a job
-                data = OmegaConf.to_container(cfg, resolve=False)
+                data = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
         else:
             import dataclasses
 
@@ -80,6 +80,22 @@ def _plain(cfg: Any) -> dict[str, Any] | None:
         return None
     data = {str(k): v for k, v in data.items() if k != "hydra"}
     return data
+
+
+def _task_overrides(cfg: Any) -> list[str] | None:
+    """The job's command-line overrides from Hydra's node (for a job whose folder holds no .hydra/)."""
+    try:
+        task = cfg.hydra.overrides.task
+    except Exception:  # noqa: BLE001 - no hydra node: the caller's config is not a job config
+        task = None
+    if task is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            task = HydraConfig.get().overrides.task if HydraConfig.initialized() else None
+        except Exception:  # noqa: BLE001
+            task = None
+    return [str(x) for x in task] if task is not None else None
 
 
 def log_job(composed_cfg: Any, run_dir: str | os.PathLike[str], *, error_text: str | None = None, target: Target | None = None) -> str | None:
@@ -93,10 +109,13 @@ def log_job(composed_cfg: Any, run_dir: str | os.PathLike[str], *, error_text: s
     if target is None:
         return None
     parent, sweep_id, job_num, sweep_dir = sweep_context()
+    # The config file the run wrote wins, so a run logged now and one synced later get the same params.
+    has_config_file = any((Path(run_dir) / name).is_file() for name in ("resolved_config.yaml", ".hydra/config.yaml"))
     try:
         run_id, _ = log_run_dir(
             run_dir, target, parent_run_id=parent, sweep_id=sweep_id, job_num=job_num,
-            error_text=error_text, config=_plain(composed_cfg),
+            error_text=error_text, config=None if has_config_file else _plain(composed_cfg),
+            overrides=_task_overrides(composed_cfg),
         )
         return run_id
     except TrackingUnavailable as exc:

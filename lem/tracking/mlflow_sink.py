@@ -26,6 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,10 @@ class RunFolder:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "raw").is_dir() or (path / "summary.json").is_file() or (path / ERROR_FILE).is_file()
+    """A lem result folder: raw records or a summary, or the traceback and config of a run that failed early."""
+    if (path / "raw").is_dir() or (path / "summary.json").is_file():
+        return True
+    return (path / ERROR_FILE).is_file() and ((path / "resolved_config.yaml").is_file() or (path / ".hydra").is_dir())
 
 
 def read_run_folder(path: str | os.PathLike[str], config: Mapping[str, Any] | None = None) -> RunFolder:
@@ -166,6 +170,8 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def param_value(v: Any) -> str:
     """Values spelled the way a Hydra override spells them: true/false/null, lists as JSON."""
+    if isinstance(v, Enum):  # a structured config's enum: its YAML spelling, not ``BackendName.pytorch``
+        v = v.value if isinstance(v.value, (str, int, float)) else v.name
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -198,16 +204,17 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _leaves(section: Any, prefix: str, out: dict[str, float]) -> None:
+def _leaves(section: Any, prefix: tuple[str, ...], out: dict[str, float]) -> None:
+    # The path travels as parts: cleaning an already joined name would turn ``energy/co2`` into ``energy_co2``.
     if not isinstance(section, Mapping):
         return
     for k, v in section.items():
         if k in _SKIP_KEYS:
             continue
         if isinstance(v, Mapping):
-            _leaves(v, metric_name(prefix, k), out)
+            _leaves(v, (*prefix, str(k)), out)
         elif (x := _num(v)) is not None:
-            out[metric_name(prefix, k)] = x
+            out[metric_name(*prefix, str(k))] = x
 
 
 def summary_metrics(summary: Mapping[str, Any] | None, processes: Iterable[Any] = ()) -> dict[str, float]:
@@ -219,7 +226,7 @@ def summary_metrics(summary: Mapping[str, Any] | None, processes: Iterable[Any] 
         out["run/n_requests"] = n
     out["run/n_warnings"] = float(len(summary.get("warnings") or []))
     for section in _SECTIONS:
-        _leaves(summary.get(section), section, out)
+        _leaves(summary.get(section), (section,), out)
 
     for metric, dist in (summary.get("latency") or {}).items():  # ttft_ms → latency/ttft_ms_p50
         if isinstance(dist, Mapping):
@@ -313,7 +320,7 @@ def _memory_per_device(memory: Mapping[str, Any], out: dict[str, float]) -> None
 # --- the power/utilisation timeline ------------------------------------------------------------
 
 TIMELINE_COLUMNS = (
-    "process_index", "device", "component", "t_s", "power_w", "energy_j",
+    "process_index", "device", "component", "source", "t_s", "power_w", "energy_j",
     "sm_util_pct", "mem_util_pct", "sm_clock_mhz", "mem_clock_mhz", "temp_c", "throttle_reasons",
 )
 
@@ -325,8 +332,8 @@ def _power_columns(proc: Any) -> dict[str, dict[str, list[Any]]]:
         if rec.get("kind") != "power_samples":
             continue
         t = rec.get("t_s") or []
-        cols = by_dev.setdefault(str(rec.get("device")), {"component": [rec.get("component")]})
-        for col in TIMELINE_COLUMNS[3:]:
+        cols = by_dev.setdefault(str(rec.get("device")), {"component": [rec.get("component")], "source": [rec.get("source")]})
+        for col in TIMELINE_COLUMNS[4:]:  # t_s onwards: one value per sample
             values = rec.get(col)
             cols.setdefault(col, []).extend(values if isinstance(values, list) else [None] * len(t))
     return by_dev
@@ -344,8 +351,9 @@ def timeline_rows(processes: list[Any]) -> list[dict[str, Any]]:
             for i, t in enumerate(cols.get("t_s", [])):
                 if t is None:
                     continue
-                row = {"process_index": p.process_index, "device": dev, "component": cols["component"][0], "t_s": float(t) + offset}
-                for col in TIMELINE_COLUMNS[4:]:
+                row = {"process_index": p.process_index, "device": dev, "component": cols["component"][0],
+                       "source": cols["source"][0], "t_s": float(t) + offset}
+                for col in TIMELINE_COLUMNS[5:]:
                     row[col] = cols[col][i] if i < len(cols[col]) else None
                 rows.append(row)
     rows.sort(key=lambda r: (r["t_s"], r["process_index"], r["device"]))
@@ -390,6 +398,7 @@ def read_timeline_csv(path: Path) -> list[dict[str, Any]]:
             except (TypeError, ValueError):
                 continue
             row["device"] = raw.get("device") or raw.get("component") or "power"
+            row["source"] = raw.get("source") or None
             rows.append(row)
     return rows
 
@@ -403,11 +412,20 @@ def _cfg(config: Mapping[str, Any] | None, dotted: str) -> Any:
         if not isinstance(node, Mapping):
             return None
         node = node.get(part)
+    if isinstance(node, Enum):
+        return param_value(node)
     return node
 
 
+def model_short_name(name_or_path: Any) -> str:
+    """``meta-llama/Llama-3.1-8B`` → ``Llama-3.1-8B``; ``embedded:smollm2-135m-instruct`` → ``smollm2-135m-instruct``."""
+    text = str(name_or_path or "").rstrip("/\\")
+    return re.split(r"[/\\:]", text)[-1] if text else ""
+
+
 def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None = None, job_num: int | None = None) -> str:
-    """What the run is, at a glance: ``pytorch-static-bs8``, ``pytorch-sorted_dynamic-tok4096-bfloat16 #3``."""
+    """What the run is, at a glance: ``pytorch-static-bs8 Llama-3.1-8B``,
+    ``pytorch-sorted_dynamic-tok4096-bfloat16 smollm2-135m-instruct #3`` (``#`` = the sweep's job number)."""
     run = (summary or {}).get("run") or {}
     parts = [str(_cfg(config, "backend.name") or run.get("engine") or "run")]
     strategy = _cfg(config, "batching.strategy")
@@ -426,6 +444,9 @@ def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None
     if arrival not in (None, "offline"):
         parts.append(f"{arrival}{_cfg(config, 'traffic.target_qps')}qps")
     name = "-".join(parts)
+    model = model_short_name(_cfg(config, "model.name_or_path") or run.get("model"))
+    if model:
+        name = f"{name} {model}"
     return f"{name} #{job_num}" if job_num is not None else name
 
 
@@ -520,6 +541,7 @@ def log_run_dir(
     config: Mapping[str, Any] | None = None,
     live: bool = True,
     skip_if_logged: bool = False,
+    overrides: list[str] | None = None,
 ) -> tuple[str, bool]:
     """Log one run directory as one MLflow run; return ``(run_id, newly_logged)``.
 
@@ -532,6 +554,8 @@ def log_run_dir(
     folder = run_dir if isinstance(run_dir, RunFolder) else read_run_folder(run_dir, config)
     if error_text:
         folder.error_text = error_text
+    if overrides is not None and not folder.overrides:  # e.g. a job refused before Hydra's .hydra/ was kept
+        folder.overrides = list(overrides)
     client, experiment_id = connect(target)
     key = run_key(folder)
     if skip_if_logged:
@@ -597,7 +621,8 @@ def _log_artifacts(client: Any, run_id: str, folder: RunFolder) -> None:
         if (hydra_dir / "overrides.yaml").is_file():
             client.log_artifact(run_id, str(hydra_dir / "overrides.yaml"))
     for log in sorted(p.glob("*.log")):
-        client.log_artifact(run_id, str(log), "logs")
+        if log.stat().st_size:  # Hydra leaves an empty __main__.log behind when lem logs nothing
+            client.log_artifact(run_id, str(log), "logs")
     timeline_csvs = sorted({*p.glob("timeline*.csv"), *p.glob("*/timeline*.csv")})
     for f in timeline_csvs:
         client.log_artifact(run_id, str(f))

@@ -35,9 +35,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, right: float = 1.0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, right, 1))  # right < 1 leaves room for a legend beside the axes
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return path
@@ -46,25 +46,36 @@ def _save(fig: Any, path: Path) -> Path:
 def power_timeline(rows: Sequence[Mapping[str, Any]], spans: Sequence[tuple[str, float, float]], path: Path, title: str = "") -> Path:
     """Power of every device over the run's clock, each phase shaded and labelled."""
     plt = _pyplot()
+    from matplotlib.patches import Patch
+
     fig, ax = plt.subplots(figsize=(10, 4.5))
+    times = [float(r["t_s"]) for r in rows if r.get("t_s") is not None] + [t for _, s, e in spans for t in (s, e)]
+    width = (max(times) - min(times)) if times else 0.0
+    phase_handles = []
     for name, start, end in spans:
-        ax.axvspan(start, end, color=PHASE_COLORS.get(name, "#eeeeee"), alpha=0.6, lw=0)
-        ax.text((start + end) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+        color = PHASE_COLORS.get(name, "#eeeeee")
+        ax.axvspan(start, end, color=color, alpha=0.6, lw=0)
+        phase_handles.append(Patch(color=color, alpha=0.6, label=name))
+        if width and (end - start) > 0.08 * width:  # a short phase's label would overprint its neighbour's: legend only
+            ax.text((start + end) / 2, 1.0, name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
     by_device: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         if r.get("power_w") is not None and r.get("t_s") is not None:
-            by_device.setdefault(str(r.get("device")), []).append((float(r["t_s"]), float(r["power_w"])))
+            label = f"{r.get('device')} ({r['source']})" if r.get("source") else str(r.get("device"))  # estimated says so
+            by_device.setdefault(label, []).append((float(r["t_s"]), float(r["power_w"])))
     for device, points in sorted(by_device.items()):
         points.sort()
         ax.plot([t for t, _ in points], [w for _, w in points], lw=1.2, label=device)
     ax.set_xlabel("time since start of run (s)")
     ax.set_ylabel("power (W)")
+    if phase_handles:  # phases in a legend outside the axes, so even a 30 ms generation window is named
+        fig.legend(handles=phase_handles, loc="center right", fontsize=8, title="phase", title_fontsize=8)
     if by_device:
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8, title="device", title_fontsize=8)
         ax.set_title(f"Power over time{' — ' + title if title else ''}", pad=16)
     else:
         ax.set_title(f"Power over time: no power samples recorded (null){' — ' + title if title else ''}", pad=16)
-    return _save(fig, path)
+    return _save(fig, path, right=0.85 if phase_handles else 1.0)
 
 
 def energy_by_phase(summary: Mapping[str, Any], path: Path, title: str = "") -> Path:

@@ -239,6 +239,8 @@ def warn_logging_failed(run_dir: str | os.PathLike[str], exc: BaseException) -> 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
+    if isinstance(exc, TrackingUnavailable) and first:  # already says what failed
+        return first[:300]
     return f"{type(exc).__name__}: {first}"[:300] if first else type(exc).__name__
 
 

@@ -43,9 +43,38 @@ BEST = {
 }
 
 
+_SWEEP_FUNCS = ("range(", "choice(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
+
+
+def is_sweep_override(override: str) -> bool:
+    """``a=1,2`` or ``a=range(1,4)`` sweeps; ``a=[1,2]`` and ``a='x,y'`` are single values."""
+    if "=" not in override:
+        return False
+    value = override.split("=", 1)[1].strip()
+    if value.startswith(_SWEEP_FUNCS):
+        return True
+    depth, quote = 0, ""
+    for ch in value:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            return True
+    return False
+
+
 def sweep_run_name(overrides: Sequence[str]) -> str:
-    text = " ".join(overrides)
-    return ("sweep " + text)[:120] if text else "sweep"
+    """``sweep batching.batch_size=1,8,64 backend=pytorch,vllm``: the swept overrides say what the sweep is."""
+    swept = [o for o in overrides if is_sweep_override(o)]
+    text = " ".join(swept or overrides)
+    if len(text) > 120:
+        text = text[:119] + "…"
+    return f"sweep {text}" if text else "sweep"
 
 
 def create_parent(
@@ -56,6 +85,7 @@ def create_parent(
     config: Mapping[str, Any] | None,
     sweep_dir: Path | None,
     live: bool = True,
+    start_time_ms: int | None = None,
 ) -> str:
     """Start the sweep's parent run (status RUNNING until :func:`finalize_parent`)."""
     from mlflow.entities import Param
@@ -76,8 +106,13 @@ def create_parent(
     commit = git_commit() if live else None
     if commit:
         tags["lem.git_commit"] = tags["mlflow.source.git.commit"] = commit[0]
-    run = client.create_run(experiment_id, tags=tags, run_name=sweep_run_name(overrides))
-    params = [Param(k, v) for k, v in config_params(config).items()]
+    run = client.create_run(experiment_id, start_time=start_time_ms, tags=tags, run_name=sweep_run_name(overrides))
+    values = config_params(config)
+    for override in overrides:  # the base config holds a swept key's default: show the sweep instead
+        if is_sweep_override(override):
+            key, value = override.split("=", 1)
+            values[key.lstrip("+~")] = value[:6000]
+    params = [Param(k, v) for k, v in sorted(values.items())]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i : i + 100])
     return run.info.run_id
@@ -147,6 +182,7 @@ def children_rows(target: Target, parent_run_id: str) -> list[dict[str, Any]]:
             "run_id": r.info.run_id,
             "overrides": tags.get("lem.overrides", ""),
             "swept": parse_overrides(tags.get("lem.overrides", "")),
+            "end_time_ms": r.info.end_time,
         }
         for metric in HEADLINE:
             value = r.data.metrics.get(metric)
@@ -177,8 +213,12 @@ def write_children_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], p
             writer.writerow(["" if v is None else v for v in values])
 
 
-def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = False) -> list[dict[str, Any]]:
-    """Write the children's table, metrics and plots into the parent and end it; return the rows."""
+def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = False, end_from_children: bool = False) -> list[dict[str, Any]]:
+    """Write the children's table, metrics and plots into the parent and end it; return the rows.
+
+    ``end_from_children``: the parent ends when its last child did (a sweep logged later by
+    ``lem.sync``), not now.
+    """
     from mlflow.entities import Metric, RunTag
 
     from lem.tracking import plots
@@ -221,6 +261,11 @@ def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = F
     if interrupted:
         tags.append(RunTag("lem.sweep_interrupted", "true"))
     client.log_batch(parent_run_id, tags=tags)
-    status = "KILLED" if interrupted else ("FAILED" if rows and not finished else "FINISHED")
-    client.set_terminated(parent_run_id, status=status)
+    n_failed = sum(r["status"] == "FAILED" for r in rows)
+    if interrupted:  # the sweep did not reach its end: a job's error stopped Hydra, or Ctrl-C
+        status = "FAILED" if n_failed else "KILLED"
+    else:
+        status = "FAILED" if rows and not finished else "FINISHED"
+    ends = [r["end_time_ms"] for r in rows if r.get("end_time_ms")]
+    client.set_terminated(parent_run_id, status=status, end_time=max(ends) if end_from_children and ends else None)
     return rows

@@ -1,0 +1,406 @@
+"""MLflow tracking end to end: real tiny runs logged into a temporary store and read back with MlflowClient.
+
+Every lem run here is ``python -m lem`` in a subprocess on a tiny random-weight model (CPU),
+with the store given by ``tracking.tracking_uri`` or ``MLFLOW_TRACKING_URI`` so nothing lands
+in the project's own ``mlruns/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.tiny_model import make_tiny_model_dir
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_NAME = "tiny-llama"  # the model folder's name: it ends every run name
+
+# Fast and quiet: no idle baseline, no calflops subprocess, one thread.
+FAST = ("energy.idle_baseline_s=0", "flops.strategy=analytical", "backend.pytorch.num_threads=1",
+        "dataset.n_prompts=6", "dataset.max_output_tokens=6")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("models") / MODEL_NAME)
+
+
+def lem_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **extra}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if "MLFLOW_TRACKING_URI" not in extra:
+        env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run_lem(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env or lem_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def client_for(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def all_runs(client: Any, experiment: str = "lem") -> list[Any]:
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r}"
+    return list(client.search_runs([exp.experiment_id], max_results=1000))
+
+
+def artifact_paths(client: Any, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for a in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
+def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data}
+
+
+def hydra_spelling(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+# --- one run, logged live ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def logged_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("logged-run")
+    store = tmp / "store" / "mlflow.db"
+    run_dir = tmp / "run"
+    result = run_lem(
+        ["lem", f"model.name_or_path={tiny_model}", f"hydra.run.dir={run_dir}", "batching.batch_size=4",
+         f"tracking.tracking_uri={sqlite_uri(store)}", "tracking.experiment_name=lem-test", *FAST],
+        cwd=tmp,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"tmp": tmp, "uri": sqlite_uri(store), "store": store, "run_dir": run_dir, "result": result}
+
+
+def test_run_is_logged_with_params_metrics_tags_and_artifacts(logged_run: dict[str, Any], tiny_model: Path) -> None:
+    import lem
+
+    client = client_for(logged_run["uri"])
+    runs = all_runs(client, "lem-test")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == f"pytorch-static-bs4 {MODEL_NAME}"
+    run_dir: Path = logged_run["run_dir"]
+
+    # params: the resolved config, flattened to dotted keys, spelled as Hydra spells values
+    resolved = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())
+    expected = {k: hydra_spelling(v) for k, v in flat({k: v for k, v in resolved.items() if k != "hydra"}).items()}
+    assert run.data.params == expected
+    assert run.data.params["batching.batch_size"] == "4"
+    assert run.data.params["backend.name"] == "pytorch"  # the value, not the enum's repr
+    assert run.data.params["model.name_or_path"] == str(tiny_model)
+
+    # metrics: kind/name_unit, equal to the summary's figures
+    summary = json.loads((run_dir / "summary.json").read_text())
+    m = run.data.metrics
+    assert m["energy/j_per_output_token"] == pytest.approx(summary["energy"]["j_per_output_token"])
+    assert m["throughput/output_tokens_per_s"] == pytest.approx(summary["throughput"]["output_tokens_per_s"])
+    assert m["latency/ttft_ms_p50"] == pytest.approx(summary["latency"]["ttft_ms"]["p50"])
+    assert m["latency/tpot_ms_p99"] == pytest.approx(summary["latency"]["tpot_ms"]["p99"])
+    assert m["flops/flops_per_output_token"] == pytest.approx(summary["flops"]["flops_per_output_token"])
+    assert m["memory/peak_rss_bytes"] == pytest.approx(summary["memory"]["peak_rss_bytes"])
+    assert m["energy/co2/co2_g"] == pytest.approx(summary["energy"]["co2"]["co2_g"])  # nested sections keep their path
+    for phase in ("engine_init", "model_load", "warmup", "generation"):  # per-phase energy, in J
+        assert m[f"energy/phase/{phase}_j"] == pytest.approx(summary["phases"][phase]["energy_j"])
+    assert m["energy/device/cpu/generation_j"] > 0  # per device (here the CPU; cuda_0, cuda_1... on GPUs)
+    assert all(k.split("/")[0] in {"run", "energy", "latency", "throughput", "flops", "memory", "tokens", "batching", "time", "device"} for k in m)
+    assert all(k.endswith(("_ms_mean", "_ms_p50", "_ms_p90", "_ms_p99", "_ms_max")) for k in m if k.startswith("latency/"))
+    assert all(k.endswith("_s") for k in m if k.startswith(("throughput/", "time/")))
+
+    # tags
+    t = run.data.tags
+    assert t["lem.backend"] == "pytorch"
+    assert t["lem.model"] == str(tiny_model)
+    assert t["lem.devices"] and t["lem.device_type"] == "cpu"
+    assert t["lem.version"] == lem.__version__
+    assert "batching.batch_size=4" in t["lem.overrides"].split()
+    assert "lem.sweep_id" not in t  # a single run belongs to no sweep
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert t["lem.git_commit"] == head.stdout.strip()
+
+    # artifacts: raw records, summary, config, overrides, timeline, plots
+    paths = artifact_paths(client, run.info.run_id)
+    assert {"raw/process-0.jsonl", "summary.json", "resolved_config.yaml", "overrides.yaml", "timeline.csv",
+            "plots/power_timeline.png", "plots/energy_by_phase.png"} <= paths
+    local = Path(client.download_artifacts(run.info.run_id, "summary.json", str(logged_run["tmp"] / "dl")))
+    assert json.loads(local.read_text()) == summary
+    png = Path(client.download_artifacts(run.info.run_id, "plots/power_timeline.png", str(logged_run["tmp"] / "dl")))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    timeline = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(run.info.run_id, "timeline.csv", str(logged_run["tmp"] / "dl"))).read_text())))
+    assert timeline and {"t_s", "power_w", "device", "source"} <= set(timeline[0])
+
+    # the store and its artifacts stay where the URI says, never in the job's working directory
+    assert (logged_run["store"].parent / "artifacts").is_dir()
+    assert not (logged_run["tmp"] / "mlruns").exists()
+
+
+def test_export_csv_from_store_with_a_param_filter(logged_run: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "runs.csv"
+    args = ["lem.export", "--tracking-uri", logged_run["uri"], "--experiment", "lem-test", "-o", str(out)]
+    result = run_lem([*args, "--filter", "params.batching.batch_size = '4'"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["run_name"] == f"pytorch-static-bs4 {MODEL_NAME}" and row["status"] == "FINISHED"
+    assert row["params.batching.batch_size"] == "4" and row["energy_source"] == "estimated"
+    summary = json.loads((logged_run["run_dir"] / "summary.json").read_text())
+    assert float(row["metrics.energy/j_per_output_token"]) == pytest.approx(summary["energy"]["j_per_output_token"])
+    assert float(row["metrics.latency/ttft_ms_p99"]) == pytest.approx(summary["latency"]["ttft_ms"]["p99"])
+
+    result = run_lem([*args, "--filter", "params.batching.batch_size = '8'"], cwd=tmp_path)
+    assert result.returncode == 0 and list(csv.DictReader(out.open())) == []
+
+
+# --- an unreachable store ---------------------------------------------------------------------------------
+
+
+def test_unreachable_store_warns_once_keeps_results_and_sync_logs_them_later(tiny_model: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_lem(
+        ["lem", f"model.name_or_path={tiny_model}", f"hydra.run.dir={run_dir}", "tracking.tracking_uri=http://127.0.0.1:9", *FAST],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "summary.json").is_file() and (run_dir / "raw" / "process-0.jsonl").is_file()
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1, result.stderr
+    assert "http://127.0.0.1:9" in warnings[0] and f"python -m lem.sync {run_dir}" in warnings[0]
+
+    # the server is still down: sync says so in one line and fails
+    down = run_lem(["lem.sync", str(run_dir)], cwd=tmp_path)
+    assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1 and "unavailable" in down.stderr
+
+    uri = sqlite_uri(tmp_path / "later" / "mlflow.db")
+    first = run_lem(["lem.sync", str(tmp_path), "--tracking-uri", uri], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "logged 1 run(s), skipped 0" in first.stdout
+    second = run_lem(["lem.sync", str(run_dir)], cwd=tmp_path, env=lem_env(MLFLOW_TRACKING_URI=uri))
+    assert second.returncode == 0, second.stderr
+    assert "logged 0 run(s), skipped 1" in second.stdout
+    runs = all_runs(client_for(uri))
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.metrics["energy/j_per_output_token"] > 0
+    assert "plots/energy_by_phase.png" in artifact_paths(client_for(uri), runs[0].info.run_id)
+
+
+# --- a multirun with a failing job ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """4 jobs over model.name_or_path; job 2 names a folder that exists but holds no model."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    models = []
+    for name in ("a", "b", "broken", "c"):
+        path = tmp / f"model-{name}"
+        if name == "broken":
+            path.mkdir()
+            (path / "README.md").write_text("weights not downloaded yet\n")
+        else:
+            path.symlink_to(tiny_model, target_is_directory=True)
+        models.append(str(path))
+    uri = sqlite_uri(tmp / "store" / "mlflow.db")
+    sweep_dir = tmp / "multirun"
+    result = run_lem(
+        ["lem", "-m", f"model.name_or_path={','.join(models)}", f"hydra.sweep.dir={sweep_dir}", "batching.batch_size=2", *FAST],
+        cwd=tmp, env=lem_env(MLFLOW_TRACKING_URI=uri),  # the store through the environment this time
+    )
+    return {"tmp": tmp, "uri": uri, "sweep_dir": sweep_dir, "result": result, "models": models}
+
+
+def test_multirun_is_one_parent_with_a_child_per_job_and_the_failure_recorded(sweep: dict[str, Any]) -> None:
+    result = sweep["result"]
+    assert result.returncode == 1, result.stderr[-3000:]  # the sweep went on, then said a job failed
+    assert "job 2 failed" in result.stderr
+    for job in ("0", "1", "3"):
+        assert (sweep["sweep_dir"] / job / "summary.json").is_file()
+
+    client = client_for(sweep["uri"])
+    runs = all_runs(client)
+    parents = [r for r in runs if r.data.tags.get("lem.kind") == "sweep"]
+    assert len(parents) == 1 and len(runs) == 5
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name.startswith("sweep model.name_or_path=")
+    children = sorted((r for r in runs if r is not parent), key=lambda r: int(r.data.tags["lem.job_num"]))
+    assert all(c.data.tags.get("mlflow.parentRunId") == parent.info.run_id for c in children)
+    assert all(c.data.tags["lem.sweep_id"] == parent.data.tags["lem.sweep_id"] for c in children)
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED", "FAILED", "FINISHED"]
+    assert [c.info.run_name for c in children] == [f"pytorch-static-bs2 model-{n} #{i}" for i, n in enumerate(("a", "b", "broken", "c"))]
+
+    failed = children[2]
+    assert "error.txt" in artifact_paths(client, failed.info.run_id)
+    error = Path(client.download_artifacts(failed.info.run_id, "error.txt", str(sweep["tmp"] / "dl"))).read_text()
+    assert "Traceback" in error and "model-broken" in error
+    assert failed.data.params["model.name_or_path"] == sweep["models"][2]
+
+    # the parent: the children's table, headline metrics, the Pareto plot
+    assert parent.data.metrics["sweep/n_jobs"] == 4 and parent.data.metrics["sweep/n_failed"] == 1
+    assert parent.data.metrics["sweep/best_j_per_output_token"] == pytest.approx(
+        min(c.data.metrics["energy/j_per_output_token"] for c in children if c.info.status == "FINISHED"))
+    assert {"sweep/children.csv", "plots/pareto_j_per_token_vs_throughput.png"} <= artifact_paths(client, parent.info.run_id)
+    table = list(csv.DictReader(Path(client.download_artifacts(parent.info.run_id, "sweep/children.csv", str(sweep["tmp"] / "dl"))).open()))
+    assert [row["status"] for row in table] == ["FINISHED", "FINISHED", "FAILED", "FINISHED"]
+    assert table[0]["model.name_or_path"] == sweep["models"][0] and float(table[0]["energy/j_per_output_token"]) > 0
+    assert parent.data.params["model.name_or_path"] == ",".join(sweep["models"])  # the sweep, not the default
+
+
+def test_sync_recreates_the_sweep_in_another_store_and_never_duplicates(sweep: dict[str, Any]) -> None:
+    tmp, sweep_dir = sweep["tmp"], sweep["sweep_dir"]
+    # the store the sweep logged to live: everything is there already
+    again = run_lem(["lem.sync", str(sweep_dir), "--tracking-uri", sweep["uri"]], cwd=tmp)
+    assert again.returncode == 0, again.stderr
+    assert "logged 0 run(s), skipped 4" in again.stdout
+    assert len(all_runs(client_for(sweep["uri"]))) == 5
+
+    # a fresh store (say, the team's server): parent recreated, children under it, failure kept
+    uri = sqlite_uri(tmp / "team" / "mlflow.db")
+    first = run_lem(["lem.sync", str(tmp), "--tracking-uri", uri], cwd=tmp)  # the folder above: the sweep is found
+    assert first.returncode == 0, first.stderr
+    assert "logged 4 run(s), skipped 0" in first.stdout
+    second = run_lem(["lem.sync", str(sweep_dir / "1"), str(sweep_dir), "--tracking-uri", uri], cwd=tmp)
+    assert second.returncode == 0, second.stderr
+    assert "logged 0 run(s), skipped 4" in second.stdout
+
+    client = client_for(uri)
+    runs = all_runs(client)
+    parents = [r for r in runs if r.data.tags.get("lem.kind") == "sweep"]
+    assert len(parents) == 1 and len(runs) == 5
+    children = [r for r in runs if r is not parents[0]]
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["sweep/n_failed"] == 1
+    assert "plots/pareto_j_per_token_vs_throughput.png" in artifact_paths(client, parents[0].info.run_id)
+    live = {r.data.tags.get("lem.run_key"): r for r in all_runs(client_for(sweep["uri"]))}
+    for c in children:  # the same runs, the same numbers
+        twin = live[c.data.tags["lem.run_key"]]
+        assert c.data.metrics == twin.data.metrics and c.data.params == twin.data.params
+
+    # export straight from the folders, no MLflow involved
+    out = run_lem(["lem.export", "--from-dirs", str(sweep_dir)], cwd=tmp)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [r["status"] for r in rows] == ["FINISHED", "FINISHED", "FAILED", "FINISHED"]
+    assert rows[2]["metrics.energy/j_per_output_token"] == ""  # a failed job measured nothing: empty, not 0
+
+
+def test_sweep_with_a_job_refused_by_validation_still_closes_its_parent(tiny_model: Path, tmp_path: Path) -> None:
+    uri = sqlite_uri(tmp_path / "mlflow.db")
+    result = run_lem(
+        ["lem", "-m", "batching.batch_size=0,2", f"model.name_or_path={tiny_model}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+         f"tracking.tracking_uri={uri}", *FAST],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0 and "batching.batch_size=0" in result.stderr
+    client = client_for(uri)
+    runs = all_runs(client)
+    parent = next(r for r in runs if r.data.tags.get("lem.kind") == "sweep")
+    assert parent.info.status != "RUNNING"  # Hydra skipped on_multirun_end; lem closed the parent at exit
+    assert parent.info.run_name == "sweep batching.batch_size=0,2"
+    children = {r.data.params["batching.batch_size"]: r for r in runs if r is not parent}
+    assert children["2"].info.status == "FINISHED"
+    refused = children["0"]
+    assert refused.info.status == "FAILED" and refused.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    error = Path(client.download_artifacts(refused.info.run_id, "error.txt", str(tmp_path / "dl"))).read_text()
+    assert "batching.batch_size=0" in error
+    assert "batching.batch_size=0" in refused.data.tags["lem.overrides"]
+
+
+# --- the parent's plots, without running a model ----------------------------------------------------------
+
+
+def test_sweep_over_two_parameters_gets_a_heatmap_and_a_pareto_front(tmp_path: Path) -> None:
+    from mlflow.entities import Metric
+
+    from lem.tracking.plots import pareto_front
+    from lem.tracking.store import Target, connect, reset_connections
+    from lem.tracking.sweep import create_parent, finalize_parent
+
+    reset_connections()
+    target = Target(sqlite_uri(tmp_path / "mlflow.db"))
+    client, experiment_id = connect(target)
+    parent = create_parent(target, sweep_id="s1", overrides=["batching.batch_size=1,8", "backend=pytorch,vllm"], config=None, sweep_dir=None)
+    # (bs, backend) → (tokens/s, J/token): vllm bs8 beats everything; pytorch bs1 is dominated
+    cells = {("1", "pytorch"): (10.0, 2.0), ("8", "pytorch"): (50.0, 0.6), ("1", "vllm"): (30.0, 0.9), ("8", "vllm"): (200.0, 0.1)}
+    for num, ((bs, backend), (tps, jpt)) in enumerate(cells.items()):
+        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "lem.job_num": str(num),
+                                                     "lem.overrides": f"batching.batch_size={bs} backend={backend}"})
+        client.log_batch(run.info.run_id, metrics=[Metric("throughput/output_tokens_per_s", tps, 0, 0),
+                                                   Metric("energy/j_per_output_token", jpt, 0, 0)])
+        client.set_terminated(run.info.run_id)
+    rows = finalize_parent(target, parent)
+    assert len(rows) == 4
+    paths = artifact_paths(client, parent)
+    assert {"plots/heatmap_j_per_token.png", "plots/pareto_j_per_token_vs_throughput.png", "sweep/children.csv"} <= paths
+    header = next(csv.reader(Path(client.download_artifacts(parent, "sweep/children.csv", str(tmp_path / "dl"))).open()))
+    assert header[3:5] == ["batching.batch_size", "backend"]
+    assert client.get_run(parent).data.metrics["sweep/best_j_per_output_token"] == 0.1
+    points = [(10.0, 2.0), (50.0, 0.6), (30.0, 0.9), (200.0, 0.1)]
+    assert pareto_front(points) == [3]
+    assert pareto_front([(10.0, 0.5), (20.0, 1.0), (5.0, 2.0)]) == [0, 1]
+    reset_connections()
+
+
+# --- pure helpers ----------------------------------------------------------------------------------------------
+
+
+def test_names_params_and_sweep_overrides() -> None:
+    from enum import Enum
+
+    from lem.tracking.mlflow_sink import config_params, run_name, summary_metrics
+    from lem.tracking.sweep import is_sweep_override, sweep_run_name
+
+    class Strategy(Enum):
+        static = "static"
+
+    cfg = {"backend": {"name": "vllm"}, "batching": {"strategy": Strategy.static, "batch_size": 8}, "precision": {"dtype": "bfloat16"},
+           "model": {"name_or_path": "meta-llama/Llama-3.1-8B"}, "decoder": {"stop": ["\n"], "temperature": None}}
+    assert run_name(cfg) == "vllm-static-bs8-bfloat16 Llama-3.1-8B"
+    assert run_name(cfg, job_num=3).endswith(" #3")
+    assert config_params(cfg) == {"backend.name": "vllm", "batching.strategy": "static", "batching.batch_size": "8",
+                                  "precision.dtype": "bfloat16", "model.name_or_path": "meta-llama/Llama-3.1-8B",
+                                  "decoder.stop": '["\\n"]', "decoder.temperature": "null"}
+    metrics = summary_metrics({"energy": {"j_per_output_token": 0.5, "source": "counter", "gpu_j_per_output_token": None,
+                                          "co2": {"co2_g": 1.5}}, "latency": {"ttft_ms": {"p50": 12.0, "p99": None}}})
+    assert metrics["energy/j_per_output_token"] == 0.5 and metrics["energy/co2/co2_g"] == 1.5
+    assert metrics["latency/ttft_ms_p50"] == 12.0
+    assert "energy/gpu_j_per_output_token" not in metrics and "latency/ttft_ms_p99" not in metrics  # null: not logged, never 0
+    assert is_sweep_override("batching.batch_size=1,8") and is_sweep_override("x=range(1,4)")
+    assert not is_sweep_override("decoder.stop=[a,b]") and not is_sweep_override("model.name_or_path='a,b'")
+    assert sweep_run_name(["dataset.n_prompts=8", "batching.batch_size=1,8", "backend=pytorch,vllm"]) == "sweep batching.batch_size=1,8 backend=pytorch,vllm"
