@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?= experiment=quick
 
 .DEFAULT_GOAL := help
-.PHONY: help install model run test test-fast bench clean
+.PHONY: help install model run test test-fast bench ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ test-fast: install ## the suite without the tests that load the real embedded mo
 bench: model ## benchmarks: lem vs a bare transformers loop, and CLI start-up time
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/overhead.py
 	$(PY) benchmarks/cli_startup.py
+
+PORT ?= 5000
+ui: install ## the MLflow UI over this project's runs (mlruns/) on http://127.0.0.1:5000; another port: make ui PORT=5001
+	$(PY) -m lem.ui --store "$(CURDIR)/mlruns" --port $(PORT)
 
 clean: ## remove run outputs (outputs/, multirun/) — not the venv or the model cache
 	rm -rf outputs multirun
