@@ -7,12 +7,19 @@ PY := $(VENV)/bin/python
 # first and run with TORCH_SPEC= (empty) so it is kept: see README, "GPU machines".
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?= experiment=quick
+# llama-cpp-python ships only as source on PyPI: `make llamacpp-wheel` compiles it once (~7-9 min on
+# 2 cores) into build/wheels/, and `make llamacpp` installs from there. Portable x86-64-v3 build
+# (AVX2/FMA/F16C, any x86 CPU since ~2015) so the wheel can be copied to other machines; LLAVA off
+# (lem sends no images). LLAMACPP_CMAKE_ARGS= (empty) builds for this CPU only (-march=native).
+LLAMACPP_VERSION ?= 0.3.36
+LLAMACPP_WHEELS ?= build/wheels
+LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF
 
 .DEFAULT_GOAL := help
-.PHONY: help install model run test test-fast bench ui clean
+.PHONY: help install model run test test-fast bench ui clean llamacpp llamacpp-wheel
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +31,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install lem with its dev extras
+
+llamacpp-wheel: ## compile llama-cpp-python once into build/wheels/ (~7-9 min on 2 cores; reused afterwards)
+	@mkdir -p $(LLAMACPP_WHEELS)
+	@if ls $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "llama-cpp-python $(LLAMACPP_VERSION) already built in $(LLAMACPP_WHEELS)/"; \
+	else \
+		CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" nice -n 19 $(PYTHON) -m pip wheel --no-deps "llama-cpp-python==$(LLAMACPP_VERSION)" -w $(LLAMACPP_WHEELS); \
+	fi
+
+llamacpp: install llamacpp-wheel ## install the optional llama.cpp engine (backend=llama_cpp) from that wheel
+	# Pinned, so a newer sdist on PyPI is not preferred over the wheel built here.
+	$(PY) -m pip install --quiet --find-links $(LLAMACPP_WHEELS) -e ".[dev,llamacpp]" "llama-cpp-python==$(LLAMACPP_VERSION)"
 
 model: install ## convert the embedded model once and cache it as safetensors (~1 min the first time)
 	HF_HUB_OFFLINE=1 $(PY) -m lem.models

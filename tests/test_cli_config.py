@@ -57,6 +57,16 @@ BAD_CONFIGS: list[tuple[list[str], str]] = [
     (["backend.pytorch.num_threads=0"], "backend.pytorch.num_threads=0: expected a number >= 1"),
     (["backend.pytorch.attn_implementation=magic"], "expected one of sdpa, eager, flash_attention_2"),
     (["backend.device=cpu", "backend.pytorch.attn_implementation=flash_attention_2"], "expected sdpa or eager on backend.device=cpu"),
+    (["backend=llama_cpp", "backend.llama_cpp.n_threads=0"], "backend.llama_cpp.n_threads=0: expected a number >= 1"),
+    (["backend=llama_cpp", "backend.llama_cpp.n_batch=0"], "backend.llama_cpp.n_batch=0: expected a number >= 1"),
+    (["backend=llama_cpp", "backend.llama_cpp.n_ctx=64"], "backend.llama_cpp.n_ctx=64: expected at least dataset.max_input_tokens + dataset.max_output_tokens (576)"),
+    (["backend=llama_cpp", "backend.llama_cpp.model_path=/nonexistent/m.gguf"], "backend.llama_cpp.model_path=/nonexistent/m.gguf: expected an existing .gguf file"),
+    (["backend=llama_cpp", "model.name_or_path=HuggingFaceTB/SmolLM2-360M"], "backend.llama_cpp.model_path=null: expected a .gguf file of model.name_or_path=HuggingFaceTB/SmolLM2-360M"),
+    (["backend=llama_cpp", "precision=int8"], "precision.quantization=int8: expected none with backend=llama_cpp: a GGUF carries its own quantisation"),
+    (["backend=llama_cpp", "precision=bfloat16"], "precision.dtype=bfloat16: expected auto with backend=llama_cpp"),
+    (["backend=llama_cpp", "+backend.llama_cpp.llama_args.n_ctx=4096"], "backend.llama_cpp.llama_args.n_ctx=4096: expected no value here: set backend.llama_cpp.n_ctx"),
+    (["backend=llama_cpp", "backend.llama_cpp.n_gpu_layers=-2"], "backend.llama_cpp.n_gpu_layers=-2: expected a number >= -1"),
+    (["backend=llama_cpp", "backend.device=cpu", "backend.llama_cpp.n_gpu_layers=-1"], "backend.llama_cpp.n_gpu_layers=-1: expected 0 on backend.device=cpu"),
     (["model=hf"], 'model.name_or_path="": expected a Hugging Face model id'),
     (["model.name_or_path=embedded:gpt5"], "model.name_or_path=embedded:gpt5: expected embedded:smollm2-135m-instruct"),
     (["model.name_or_path=./no/such/dir"], "model.name_or_path=./no/such/dir: expected an existing local model directory"),
@@ -78,6 +88,7 @@ BAD_CONFIGS: list[tuple[list[str], str]] = [
 CPU_ONLY_BAD_CONFIGS: list[tuple[list[str], str]] = [
     (["precision=float16"], "precision.dtype=float16: expected float32, bfloat16 or auto on a CPU"),
     (["backend.device=cuda"], "backend.device=cuda: expected a machine with a CUDA GPU"),
+    (["backend=llama_cpp", "backend.llama_cpp.n_gpu_layers=-1"], "backend.llama_cpp.n_gpu_layers=-1: expected 0 on a machine without an NVIDIA GPU"),
 ]
 
 

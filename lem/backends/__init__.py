@@ -16,6 +16,10 @@ def create_backend(cfg: LemConfig) -> Backend:
         from lem.backends.pytorch import PyTorchBackend
 
         return PyTorchBackend(cfg)
+    if name is BackendName.llama_cpp:
+        from lem.backends.llama_cpp import LlamaCppBackend
+
+        return LlamaCppBackend(cfg)
     if name is BackendName.vllm:
         from lem.backends.vllm import VllmBackend
 
