@@ -236,7 +236,7 @@ def test_poisson_arrivals_are_honoured(trtllm, tiny_dir: Path) -> None:
         submitted_s = clock.rel(submitted_for(trtllm, request.input_ids)["time"])
         assert r.arrival_s == pytest.approx(serve_start + offset, abs=1e-9)
         assert submitted_s >= r.arrival_s  # never submitted before it arrived
-        assert submitted_s - r.arrival_s < 0.05  # ... and submitted promptly (an asyncio timer)
+        assert submitted_s - r.arrival_s < 0.5  # ... and submitted soon after (an asyncio timer)
         assert r.first_token_s > submitted_s
 
 
@@ -260,6 +260,7 @@ def test_engine_error_reaches_the_caller_instead_of_hanging(trtllm, tiny_dir: Pa
     assert not any(t.name == "lem-tensorrt-serve" for t in threading.enumerate())
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # no response may hit a closed loop
 def test_a_consumer_that_stops_early_aborts_the_rest(trtllm, tiny_dir: Path) -> None:
     cfg = make_cfg(tiny_dir)
     cfg.dataset.ignore_eos = True

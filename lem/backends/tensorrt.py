@@ -328,6 +328,7 @@ class _ServeThread:
                 token_times.extend([received] * len(new_ids))  # a multi-token delta arrived at once
         except asyncio.CancelledError:
             stream.abort()
+            await _drain(stream)  # the engine's final "cancelled" response must land before this loop closes
             raise
         self._finished.put(
             RawGeneration(
@@ -339,6 +340,17 @@ class _ServeThread:
                 arrival_time=arrival,
             )
         )
+
+
+async def _drain(stream: Any, timeout_s: float = 10.0) -> None:
+    async def rest() -> None:
+        async for _ in stream:
+            pass
+
+    try:
+        await asyncio.wait_for(rest(), timeout_s)
+    except Exception:  # noqa: BLE001 - best effort while shutting a stopped serve down
+        pass
 
 
 def _quant_algo(llmapi: Any, name: str) -> Any:

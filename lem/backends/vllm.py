@@ -113,6 +113,15 @@ class VllmBackend:
         CUDA graphs in one constructor, so all of that is measured as model_load."""
         if self._vllm is None:
             self.init_engine()
+        import multiprocessing
+
+        if multiprocessing.current_process().daemon:
+            # vLLM starts its engine core (and GPU workers) as child processes, which Python forbids
+            # in a daemonic process: say so in one line instead of failing deep inside vLLM.
+            raise LemError(
+                "backend=vllm: this process is a daemonic worker, and vLLM must start its engine-core process "
+                "from it; run with run.isolation=inline"
+            )
         from lem.backends.hf_files import eos_token_ids, load_tokenizer
         from lem.models.resolve import resolve_model_path
 

@@ -263,6 +263,9 @@ class _Executor:
                 continue
             time.sleep(STEP_S)
             for item in active:
+                with self._lock:
+                    if item not in self._active:
+                        continue  # aborted during this iteration: its final response was already sent
                 token = self._next_token(item)
                 item.output.append(token)
                 finish = self._finish_reason(item)
