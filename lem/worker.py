@@ -38,7 +38,9 @@ class EngineWorker:
 
         ctx = mp.get_context("spawn")  # a clean interpreter: no CUDA context or engine state inherited
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, os.getpid()), name="lem-engine-worker", daemon=True)
+        # Not daemonic: engines such as vLLM start processes of their own, which a daemonic process may not.
+        # The worker still ends with its launcher: close() at exit, and a watchdog if the launcher is killed.
+        self.process = ctx.Process(target=_worker_main, args=(child, os.getpid()), name="lem-engine-worker", daemon=False)
         self.process.start()
         child.close()
         self.engine_key: str | None = None

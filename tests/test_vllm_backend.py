@@ -450,7 +450,6 @@ def test_real_vllm_end_to_end(tmp_path: Path, traffic: list[str]) -> None:
             sys.executable, "-m", "lem", "backend=vllm", f"hydra.run.dir={run_dir}", "tracking.enabled=false",
             "dataset.n_prompts=12", "dataset.max_output_tokens=24", "dataset.ignore_eos=true",
             "energy.idle_baseline_s=0.5", "backend.vllm.gpu_memory_utilization=0.5",
-            "run.isolation=inline",  # vLLM starts child processes, which a daemonic engine worker may not
             *traffic,
         ],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,

@@ -102,3 +102,14 @@ def test_stop_ends_the_worker_process(tiny_model: Path, tmp_path: Path) -> None:
     process = manager.worker.process
     manager.stop()
     assert not process.is_alive() and process.exitcode == 0
+
+
+def test_the_worker_may_start_processes_of_its_own(tiny_model: Path) -> None:
+    from lem.worker import EngineWorker
+
+    worker = EngineWorker()  # engines such as vLLM spawn their own engine-core process from it
+    try:
+        assert worker.process.daemon is False
+    finally:
+        worker.close()
+    assert worker.process.exitcode == 0
