@@ -288,6 +288,11 @@ class TrackingConfig:
     experiment_name: str = "lem"
 
 
+class Isolation(Enum):
+    worker = "worker"  # the engine runs in a spawned child process: a crash ends the worker, not the sweep
+    inline = "inline"  # in the launching process (debugging: one process, breakpoints work)
+
+
 class ReportFormat(Enum):
     table = "table"  # the aligned text table
     json = "json"  # summary.json on stdout, for scripts (the table is not printed)
@@ -306,6 +311,7 @@ class RunConfig:
     # Consecutive jobs of one process (a sweep) whose engine settings match share a loaded engine.
     reuse_engine: bool = True
     cycle_cooldown_s: float = 0.0  # pause between measured cycles (cycles > 1), e.g. to let a GPU cool
+    isolation: Isolation = Isolation.worker
 
 
 @dataclass
@@ -448,8 +454,8 @@ def validate(cfg: LemConfig) -> None:
     _at_least("sharding.num_processes", s.num_processes, 1)
     if s.strategy is ShardingStrategy.none and (s.num_shards != 1 or s.num_processes != 1):
         raise ConfigError("sharding.strategy", s.strategy.value, "tensor_parallel, pipeline_parallel or data_parallel when num_shards or num_processes > 1")
-    if s.strategy is not ShardingStrategy.none and cfg.backend.name not in (BackendName.vllm, BackendName.tensorrt):
-        raise ConfigError("sharding.strategy", s.strategy.value, "none (multi-device sharding is not implemented yet)")
+    if cfg.backend.name is BackendName.pytorch:
+        _validate_pytorch_sharding(cfg)
 
     e = cfg.energy
     _at_least("energy.idle_baseline_s", e.idle_baseline_s, 0)
@@ -609,6 +615,39 @@ def _require_gpus(engine: str, n_gpus: int) -> None:
     available = torch.cuda.device_count()
     if n_gpus > available:
         raise ConfigError("sharding.num_shards", n_gpus, f"at most {available}, the number of CUDA GPUs visible here")
+
+
+def _validate_pytorch_sharding(cfg: LemConfig) -> None:
+    """How the PyTorch backend spreads a run over devices (lem.distributed launches the processes)."""
+    s = cfg.sharding
+    if s.strategy is ShardingStrategy.data_parallel:
+        if s.num_processes < 2:
+            raise ConfigError("sharding.num_processes", s.num_processes, "a number >= 2 replicas with sharding.strategy=data_parallel")
+        if s.num_shards != 1:
+            raise ConfigError("sharding.num_shards", s.num_shards, "1 with data_parallel (each replica holds the whole model)")
+        if cfg.dataset.n_prompts < s.num_processes:
+            raise ConfigError("dataset.n_prompts", cfg.dataset.n_prompts, f"at least one prompt per replica (>= {s.num_processes})")
+        needed = s.num_processes
+    elif s.strategy in (ShardingStrategy.tensor_parallel, ShardingStrategy.pipeline_parallel):
+        if s.num_shards < 2:
+            raise ConfigError("sharding.num_shards", s.num_shards, f"a number >= 2 devices with sharding.strategy={s.strategy.value}")
+        if s.num_processes != 1:
+            raise ConfigError(
+                "sharding.num_processes", s.num_processes, f"1 with {s.strategy.value} (data parallel over sharded replicas is not supported)"
+            )
+        if cfg.precision.quantization is not Quantization.none:
+            raise ConfigError("precision.quantization", cfg.precision.quantization.value, f"none with sharding.strategy={s.strategy.value}")
+        needed = s.num_shards
+    else:
+        return
+    on_cuda = resolve_device(cfg.backend.device) is Device.cuda
+    if s.strategy is ShardingStrategy.pipeline_parallel and not on_cuda:
+        raise ConfigError("sharding.strategy", "pipeline_parallel", "tensor_parallel or data_parallel on a CPU (pipeline parallel splits layers over CUDA GPUs)")
+    if on_cuda:
+        import torch
+
+        if torch.cuda.device_count() < needed:
+            raise ConfigError(f"sharding.{'num_processes' if s.strategy is ShardingStrategy.data_parallel else 'num_shards'}", needed, f"at most the {torch.cuda.device_count()} CUDA GPU(s) visible here")
 
 
 def _validate_vllm(cfg: LemConfig) -> None:

@@ -55,6 +55,11 @@ BAD_CONFIGS: list[tuple[list[str], str]] = [
     (["precision=int8"], "precision.quantization=int8"),
     (["precision.dtype=float64"], "precision.dtype=float64: expected one of auto, float32, float16, bfloat16"),
     (["backend.pytorch.num_threads=0"], "backend.pytorch.num_threads=0: expected a number >= 1"),
+    (["sharding=data_parallel", "sharding.num_processes=1"], "sharding.num_processes=1: expected a number >= 2 replicas"),
+    (["sharding=tensor_parallel", "sharding.num_shards=1"], "sharding.num_shards=1: expected a number >= 2 devices"),
+    (["sharding=pipeline_parallel", "backend.device=cpu"], "sharding.strategy=pipeline_parallel: expected tensor_parallel or data_parallel on a CPU"),
+    (["sharding=data_parallel", "sharding.num_processes=4", "dataset.n_prompts=2"], "dataset.n_prompts=2: expected at least one prompt per replica"),
+    (["cycles=0"], "cycles=0: expected a number >= 1"),
     (["backend.pytorch.attn_implementation=magic"], "expected one of sdpa, eager, flash_attention_2"),
     (["backend.device=cpu", "backend.pytorch.attn_implementation=flash_attention_2"], "expected sdpa or eager on backend.device=cpu"),
     (["backend=llama_cpp", "backend.llama_cpp.n_threads=0"], "backend.llama_cpp.n_threads=0: expected a number >= 1"),
@@ -161,10 +166,12 @@ def test_help_lists_groups_and_options(tmp_path: Path) -> None:
         "decoder: creative, deterministic, factual, standard",
         "precision: auto, bfloat16, float16, float32, int4, int8",
         "traffic: constant, offline, poisson",
-        "sharding: none",
-        "backend: pytorch",
+        "sharding: data_parallel, none, pipeline_parallel, tensor_parallel",
+        "experiment: high_concurrency, high_throughput, quick, standard_load",
     ]:
         assert line in result.stdout
+    backend = next(line for line in result.stdout.splitlines() if line.startswith("backend: "))
+    assert "pytorch" in backend.split(": ", 1)[1].split(", ")
 
 
 def test_cfg_job_shows_overrides(tmp_path: Path) -> None:
