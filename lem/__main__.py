@@ -106,8 +106,13 @@ def main() -> None:
     entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)
     try:
         entry()
+        from lem.search import failed_trial_jobs, stopped_on_failures
+
+        _FAILED_JOBS.extend(j for j in failed_trial_jobs() if j not in _FAILED_JOBS)  # Optuna trials refused by validation
         if _FAILED_JOBS:
             print(f"lem: {len(_FAILED_JOBS)} job(s) of the sweep failed: {', '.join(_FAILED_JOBS)}", file=sys.stderr)
+            sys.exit(1)
+        if stopped_on_failures():  # an Optuna study resumed past its failure budget
             sys.exit(1)
     except LemError as exc:
         print(f"lem: error: {exc}", file=sys.stderr)

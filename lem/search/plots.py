@@ -1,0 +1,104 @@
+"""A study's plots (matplotlib, Agg): the Pareto front, the optimisation history, parameter importances.
+
+Rows come from :func:`lem.search.report.study_rows` (measured trials only). Infeasible trials
+(over a latency limit) are grey; failed trials have no values and are not drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lem.search.study import J_PER_TOKEN, SHORT_NAMES, TOKENS_PER_S
+from lem.tracking.plots import _pyplot, _save
+
+FEASIBLE, INFEASIBLE, FRONT = "#1565c0", "#b0b0b0", "#c62828"
+
+
+def front_2d(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Points no other point beats on both J/token (lower) and tokens/s (higher), by throughput."""
+    front = [
+        r for r in points
+        if not any(
+            o[J_PER_TOKEN] <= r[J_PER_TOKEN] and o[TOKENS_PER_S] >= r[TOKENS_PER_S]
+            and (o[J_PER_TOKEN] < r[J_PER_TOKEN] or o[TOKENS_PER_S] > r[TOKENS_PER_S])
+            for o in points
+        )
+    ]
+    return sorted(front, key=lambda r: r[TOKENS_PER_S])
+
+
+def pareto_front(rows: Sequence[Mapping[str, Any]], best: Sequence[int], path: Path, title: str = "") -> Path | None:
+    """J/token (y) against output tokens/s (x) of every completed trial; the feasible front and the best trial(s) marked."""
+    points = [r for r in rows if r["state"] == "COMPLETE" and r.get(J_PER_TOKEN) is not None and r.get(TOKENS_PER_S) is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    infeasible = [r for r in points if not r["feasible"]]
+    feasible = [r for r in points if r["feasible"]]
+    if infeasible:
+        ax.scatter([r[TOKENS_PER_S] for r in infeasible], [r[J_PER_TOKEN] for r in infeasible], c=INFEASIBLE, marker="x", label="infeasible (over a latency limit)")
+    if feasible:
+        ax.scatter([r[TOKENS_PER_S] for r in feasible], [r[J_PER_TOKEN] for r in feasible], c=FEASIBLE, label="feasible trials")
+        front = front_2d(feasible)
+        ax.step([r[TOKENS_PER_S] for r in front], [r[J_PER_TOKEN] for r in front], where="post", c=FRONT, lw=1.2, label="Pareto front (J/token vs tok/s)")
+    chosen = [r for r in feasible if r["number"] in set(best)]
+    if chosen:
+        ax.scatter([r[TOKENS_PER_S] for r in chosen], [r[J_PER_TOKEN] for r in chosen], c=FRONT, marker="*", s=160, zorder=3, label="the study's best")
+    for r in points:
+        ax.annotate(f"#{r['number']}", (r[TOKENS_PER_S], r[J_PER_TOKEN]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("output tokens/s")
+    ax.set_ylabel("J per output token")
+    ax.set_title(title or "J/token against throughput (lower right is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def optimization_history(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], directions: Sequence[str], path: Path) -> Path | None:
+    """Each objective against the trial number, with the best feasible value so far."""
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    if not done:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(objectives), 1, figsize=(7.5, 3.2 * len(objectives)), squeeze=False)
+    for ax, objective, direction in zip(axes[:, 0], objectives, directions):
+        pts = [r for r in done if r.get(objective) is not None]
+        for feasible, color, marker, label in ((True, FEASIBLE, "o", "feasible"), (False, INFEASIBLE, "x", "infeasible")):
+            sel = [r for r in pts if r["feasible"] is feasible]
+            if sel:
+                ax.scatter([r["number"] for r in sel], [r[objective] for r in sel], c=color, marker=marker, label=label)
+        best, xs, ys = None, [], []
+        for r in sorted(pts, key=lambda r: r["number"]):
+            if r["feasible"]:
+                v = r[objective]
+                best = v if best is None else (min(best, v) if direction == "minimize" else max(best, v))
+            if best is not None:
+                xs.append(r["number"])
+                ys.append(best)
+        if xs:
+            ax.step(xs, ys, where="post", c=FRONT, label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(SHORT_NAMES.get(objective, objective))
+        ax.set_title(f"{direction} {SHORT_NAMES.get(objective, objective)}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def param_importances(importances: Mapping[str, Mapping[str, float]], path: Path) -> Path | None:
+    """One horizontal bar chart per objective: each parameter's share of the objective's variance."""
+    shown = {k: v for k, v in importances.items() if v}
+    if not shown:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 0.5 * max(len(v) for v in shown.values()) + 1.8), squeeze=False)
+    for ax, (objective, values) in zip(axes[0], shown.items()):
+        names = list(values)[::-1]
+        ax.barh(names, [values[n] for n in names], color=FEASIBLE)
+        ax.set_xlabel("importance")
+        ax.set_title(SHORT_NAMES.get(objective, objective), fontsize=10)
+        ax.set_xlim(0, 1)
+    return _save(fig, path)
