@@ -312,6 +312,10 @@ class RunConfig:
     reuse_engine: bool = True
     cycle_cooldown_s: float = 0.0  # pause between measured cycles (cycles > 1), e.g. to let a GPU cool
     isolation: Isolation = Isolation.worker
+    # CUDA jobs lease whole GPUs through machine-wide lock files (lem.gpu_lease): two measured jobs never
+    # share a GPU, whatever launcher or shell started them; a job waits while its GPUs are taken.
+    gpu_lease: bool = True
+    gpu_lease_timeout_s: float | None = None  # None: wait as long as it takes
 
 
 @dataclass

@@ -97,13 +97,19 @@ def run_ranks(cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> None:
     """Spawn one process per rank, wait for all; raise LemError naming the ranks that failed."""
     import multiprocessing as mp
 
+    from lem.gpu_lease import lease_for
+
     size = world_size(cfg)
     port = _free_port()
     ctx = mp.get_context("spawn")  # a clean interpreter per rank: no CUDA state inherited
+    lease = lease_for(cfg)  # every rank's GPU, held until all ranks are done
     procs = [ctx.Process(target=_rank_main, args=(cfg, composed, str(run_dir), rank, size, port), name=f"lem-rank-{rank}") for rank in range(size)]
-    for p in procs:
-        p.start()
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
+        if lease is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = lease.cuda_visible_devices  # inherited at start(); LOCAL_RANK picks one
+        for p in procs:
+            p.start()
         for p in procs:
             p.join()
     except BaseException:
@@ -111,6 +117,13 @@ def run_ranks(cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> None:
             if p.is_alive():
                 p.terminate()
         raise
+    finally:
+        if lease is not None:
+            if before is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = before
+            lease.release()
     failed = [(rank, p.exitcode) for rank, p in enumerate(procs) if p.exitcode != 0]
     if failed:
         reasons = []

@@ -17,6 +17,8 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ class WorkerDied(LemError):
 class EngineWorker:
     """One spawned process serving jobs sent to it, one at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")  # a clean interpreter: no CUDA context or engine state inherited
@@ -41,7 +43,8 @@ class EngineWorker:
         # Not daemonic: engines such as vLLM start processes of their own, which a daemonic process may not.
         # The worker still ends with its launcher: close() at exit, and a watchdog if the launcher is killed.
         self.process = ctx.Process(target=_worker_main, args=(child, os.getpid()), name="lem-engine-worker", daemon=False)
-        self.process.start()
+        with _environment(env or {}):  # a spawned child takes os.environ as it is at start()
+            self.process.start()
         child.close()
         self.engine_key: str | None = None
         self.n_jobs = 0
@@ -135,11 +138,29 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="lem-parent-watch", daemon=True).start()
 
 
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class WorkerManager:
-    """The launching process's worker: reused for identical engine settings, replaced otherwise or after a failure."""
+    """The launching process's worker: reused for identical engine settings, replaced otherwise or after a failure.
+
+    A CUDA job's worker holds a lease on its GPUs (``lem.gpu_lease``) for as long as it lives.
+    """
 
     def __init__(self) -> None:
         self.worker: EngineWorker | None = None
+        self.lease: Any = None
         self.n_started = 0
 
     def run(self, cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -150,7 +171,11 @@ class WorkerManager:
         if w is not None and (not w.alive() or not cfg.run.reuse_engine or w.engine_key != key):
             self.stop()  # different engine settings: a fresh worker, so the old engine's memory is surely freed
         if self.worker is None:
-            self.worker = EngineWorker()
+            from lem.gpu_lease import lease_for
+
+            self.lease = lease_for(cfg)
+            env = {"CUDA_VISIBLE_DEVICES": self.lease.cuda_visible_devices} if self.lease is not None else None
+            self.worker = EngineWorker(env)
             self.n_started += 1
         try:
             return self.worker.run_job(cfg, composed, run_dir)
@@ -162,3 +187,6 @@ class WorkerManager:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
