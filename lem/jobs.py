@@ -30,10 +30,13 @@ def engine_pool() -> Any:
 def workers() -> Any:
     global _WORKERS
     if _WORKERS is None:
+        import multiprocessing.util  # noqa: F401 - registers its atexit join of child processes now, so ours runs first
+
         from lem.worker import WorkerManager
 
         _WORKERS = WorkerManager()
-        atexit.register(_WORKERS.stop)  # let the worker unload its engine and exit with us
+        # atexit is last-in first-out: stop the (non-daemonic) worker before multiprocessing joins it, or exit hangs.
+        atexit.register(_WORKERS.stop)
     return _WORKERS
 
 
