@@ -46,6 +46,24 @@ def run_lem(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env or lem_env(), capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli(main: Any, argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+            **env: str) -> subprocess.CompletedProcess[str]:
+    """A lem command run in this process (no interpreter and MLflow start-up): same result shape as run_lem."""
+    from lem.tracking.store import reset_connections
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reset_connections()
+    capsys.readouterr()
+    try:
+        rc = main(argv)
+    finally:
+        reset_connections()
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, rc, out, err)
+
+
 def sqlite_uri(path: Path) -> str:
     return f"sqlite:///{path}"
 
@@ -169,7 +187,10 @@ def test_run_is_logged_with_params_metrics_tags_and_artifacts(logged_run: dict[s
     assert not (logged_run["tmp"] / "mlruns").exists()
 
 
-def test_export_csv_from_store_with_a_param_filter(logged_run: dict[str, Any], tmp_path: Path) -> None:
+def test_export_csv_from_store_with_a_param_filter(logged_run: dict[str, Any], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lem.tracking.export import main as export_main
+
     out = tmp_path / "runs.csv"
     args = ["lem.export", "--tracking-uri", logged_run["uri"], "--experiment", "lem-test", "-o", str(out)]
     result = run_lem([*args, "--filter", "params.batching.batch_size = '4'"], cwd=tmp_path)
@@ -183,14 +204,17 @@ def test_export_csv_from_store_with_a_param_filter(logged_run: dict[str, Any], t
     assert float(row["metrics.energy/j_per_output_token"]) == pytest.approx(summary["energy"]["j_per_output_token"])
     assert float(row["metrics.latency/ttft_ms_p99"]) == pytest.approx(summary["latency"]["ttft_ms"]["p99"])
 
-    result = run_lem([*args, "--filter", "params.batching.batch_size = '8'"], cwd=tmp_path)
+    result = run_cli(export_main, [*args[1:], "--filter", "params.batching.batch_size = '8'"], capsys, monkeypatch)
     assert result.returncode == 0 and list(csv.DictReader(out.open())) == []
 
 
 # --- an unreachable store ---------------------------------------------------------------------------------
 
 
-def test_unreachable_store_warns_once_keeps_results_and_sync_logs_them_later(tiny_model: Path, tmp_path: Path) -> None:
+def test_unreachable_store_warns_once_keeps_results_and_sync_logs_them_later(
+        tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lem.tracking.sync import main as sync_main
+
     run_dir = tmp_path / "run"
     result = run_lem(
         ["lem", f"model.name_or_path={tiny_model}", f"hydra.run.dir={run_dir}", "tracking.tracking_uri=http://127.0.0.1:9", *FAST],
@@ -207,10 +231,10 @@ def test_unreachable_store_warns_once_keeps_results_and_sync_logs_them_later(tin
     assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1 and "unavailable" in down.stderr
 
     uri = sqlite_uri(tmp_path / "later" / "mlflow.db")
-    first = run_lem(["lem.sync", str(tmp_path), "--tracking-uri", uri], cwd=tmp_path)
+    first = run_cli(sync_main, [str(tmp_path), "--tracking-uri", uri], capsys, monkeypatch)
     assert first.returncode == 0, first.stderr
     assert "logged 1 run(s), skipped 0" in first.stdout
-    second = run_lem(["lem.sync", str(run_dir)], cwd=tmp_path, env=lem_env(MLFLOW_TRACKING_URI=uri))
+    second = run_cli(sync_main, [str(run_dir)], capsys, monkeypatch, MLFLOW_TRACKING_URI=uri)
     assert second.returncode == 0, second.stderr
     assert "logged 0 run(s), skipped 1" in second.stdout
     runs = all_runs(client_for(uri))
@@ -281,10 +305,13 @@ def test_multirun_is_one_parent_with_a_child_per_job_and_the_failure_recorded(sw
     assert parent.data.params["model.name_or_path"] == ",".join(sweep["models"])  # the sweep, not the default
 
 
-def test_sync_recreates_the_sweep_in_another_store_and_never_duplicates(sweep: dict[str, Any]) -> None:
+def test_sync_recreates_the_sweep_in_another_store_and_never_duplicates(
+        sweep: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lem.tracking.sync import main as sync_main
+
     tmp, sweep_dir = sweep["tmp"], sweep["sweep_dir"]
     # the store the sweep logged to live: everything is there already
-    again = run_lem(["lem.sync", str(sweep_dir), "--tracking-uri", sweep["uri"]], cwd=tmp)
+    again = run_cli(sync_main, [str(sweep_dir), "--tracking-uri", sweep["uri"]], capsys, monkeypatch)
     assert again.returncode == 0, again.stderr
     assert "logged 0 run(s), skipped 4" in again.stdout
     assert len(all_runs(client_for(sweep["uri"]))) == 5
@@ -294,7 +321,7 @@ def test_sync_recreates_the_sweep_in_another_store_and_never_duplicates(sweep: d
     first = run_lem(["lem.sync", str(tmp), "--tracking-uri", uri], cwd=tmp)  # the folder above: the sweep is found
     assert first.returncode == 0, first.stderr
     assert "logged 4 run(s), skipped 0" in first.stdout
-    second = run_lem(["lem.sync", str(sweep_dir / "1"), str(sweep_dir), "--tracking-uri", uri], cwd=tmp)
+    second = run_cli(sync_main, [str(sweep_dir / "1"), str(sweep_dir), "--tracking-uri", uri], capsys, monkeypatch)
     assert second.returncode == 0, second.stderr
     assert "logged 0 run(s), skipped 4" in second.stdout
 
@@ -322,11 +349,12 @@ def test_sync_recreates_the_sweep_in_another_store_and_never_duplicates(sweep: d
 
 def test_sweep_with_a_job_refused_by_validation_still_closes_its_parent(tiny_model: Path, tmp_path: Path) -> None:
     uri = sqlite_uri(tmp_path / "mlflow.db")
-    result = run_lem(
-        ["lem", "-m", "batching.batch_size=0,2", f"model.name_or_path={tiny_model}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-         f"tracking.tracking_uri={uri}", *FAST],
-        cwd=tmp_path,
-    )
+    args = ["lem", "-m", "batching.batch_size=0,2", f"model.name_or_path={tiny_model}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+            f"tracking.tracking_uri={uri}", *FAST]
+    try:
+        result = run_lem(args, cwd=tmp_path, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("python -m lem -m with a job refused by validation never exited (the engine worker was not stopped at exit)")
     assert result.returncode != 0 and "batching.batch_size=0" in result.stderr
     client = client_for(uri)
     runs = all_runs(client)

@@ -159,9 +159,12 @@ def sweep_pareto(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         for r, (x, y) in zip(usable, points):
             ax.annotate(str(r.get("label") or r.get("job_num") or ""), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
         ax.legend(fontsize=8)
+    ax.margins(x=0.15, y=0.1)  # room for the point labels at the edges
     ax.set_xlabel("output tokens/s")
     ax.set_ylabel(y_label)
     title = "Energy per token vs throughput" if not note else note.replace(" shown instead", " vs throughput")
+    if not note and any(r.get("energy_source") == "estimated" for r in usable):  # a model's figure, not a sensor's
+        title += " (energy estimated: no sensor)"
     if left_out:
         title += f"\n({left_out} job(s) without both figures not shown: failed or not measured)"
     ax.set_title(title, fontsize=10)

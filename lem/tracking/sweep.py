@@ -183,6 +183,7 @@ def children_rows(target: Target, parent_run_id: str) -> list[dict[str, Any]]:
             "overrides": tags.get("lem.overrides", ""),
             "swept": parse_overrides(tags.get("lem.overrides", "")),
             "end_time_ms": r.info.end_time,
+            "energy_source": tags.get("lem.energy_source"),
         }
         for metric in HEADLINE:
             value = r.data.metrics.get(metric)
@@ -226,6 +227,9 @@ def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = F
     client, _ = connect(target)
     rows = children_rows(target, parent_run_id)
     keys = swept_keys(rows)
+    for r in rows:  # plot labels say what each point is: "#3 batch_size=16 backend=vllm"
+        values = " ".join(f"{k.split('.')[-1]}={r['swept'][k]}" for k in keys if k in r["swept"])
+        r["label"] = f"{r['label']} {values}".strip()
     now = int(time.time() * 1000)
     finished = [r for r in rows if r["status"] == "FINISHED"]
     metrics = [
