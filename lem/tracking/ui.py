@@ -112,7 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     store_dir.mkdir(parents=True, exist_ok=True)
     command = server_command(store_dir, host=args.host, port=args.port, backend_store_uri=backend)
     print(f"lem.ui: MLflow UI on http://{args.host}:{args.port} over {backend or store_dir / DB_FILENAME} (Ctrl-C stops it)", flush=True)
+    import signal
+
+    server = subprocess.Popen(command, env=server_env())
+    # ``kill`` reaches only this process: pass it on, so the server never outlives its launcher.
+    signal.signal(signal.SIGTERM, lambda *_: server.terminate())
     try:
-        return subprocess.call(command, env=server_env())
-    except KeyboardInterrupt:
+        return server.wait()
+    except KeyboardInterrupt:  # Ctrl-C also reached the server (same process group): let it finish shutting down
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.terminate()
+            server.wait(timeout=10)
         return 0
