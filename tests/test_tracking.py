@@ -432,3 +432,34 @@ def test_names_params_and_sweep_overrides() -> None:
     assert is_sweep_override("batching.batch_size=1,8") and is_sweep_override("x=range(1,4)")
     assert not is_sweep_override("decoder.stop=[a,b]") and not is_sweep_override("model.name_or_path='a,b'")
     assert sweep_run_name(["dataset.n_prompts=8", "batching.batch_size=1,8", "backend=pytorch,vllm"]) == "sweep batching.batch_size=1,8 backend=pytorch,vllm"
+
+
+def test_per_gpu_metrics_of_a_two_rank_run() -> None:
+    """Two ranks on one host, each on its own GPU: energy, power and memory per GPU, never summed across GPUs."""
+    from pathlib import Path as P
+
+    from lem.results.reader import RawProcessRecords
+    from lem.tracking.mlflow_sink import summary_metrics
+
+    def rank(i: int, gen_j: float, power_w: list[float]) -> RawProcessRecords:
+        dev = f"cuda:{i}"
+        phases = [
+            {"name": "model_load", "start_s": 0.0, "end_s": 1.0, "energy": [{"device": dev, "energy_j": 50.0 + i, "net_energy_j": 10.0}]},
+            {"name": "generation", "start_s": 1.0, "end_s": 3.0, "energy": [{"device": dev, "energy_j": gen_j, "net_energy_j": gen_j - 100}]},
+        ]
+        samples = {"kind": "power_samples", "device": dev, "component": "gpu", "source": "counter", "t_s": [0.5, 1.5, 2.5],
+                   "power_w": power_w, "sm_util_pct": [0, 90, 70], "temp_c": [40, 60, 65]}
+        return RawProcessRecords(path=P(f"process-{i}.jsonl"), header={"process_index": i, "hostname": "node1", "t0_unix_s": 0.0},
+                                 phases=phases, other=[samples])
+
+    summary = {"memory": {"per_process": [
+        {"process_index": 0, "cuda_peak_allocated_bytes": [7_000, 0], "cuda_peak_reserved_bytes": [8_000, 0]},
+        {"process_index": 1, "cuda_peak_allocated_bytes": [0, 9_000], "cuda_peak_reserved_bytes": [0, 10_000]},
+    ]}}
+    m = summary_metrics(summary, [rank(0, 300.0, [100.0, 400.0, 300.0]), rank(1, 500.0, [120.0, 600.0, 500.0])])
+    assert m["energy/device/cuda_0/generation_j"] == 300.0 and m["energy/device/cuda_1/generation_j"] == 500.0
+    assert m["energy/device/cuda_1/generation_net_j"] == 400.0 and m["energy/device/cuda_1/model_load_j"] == 51.0
+    assert m["device/cuda_0/generation_mean_power_w"] == 350.0  # the samples inside generation only
+    assert m["device/cuda_1/generation_max_power_w"] == 600.0 and m["device/cuda_1/generation_max_temp_c"] == 65.0
+    assert m["device/cuda_0/generation_mean_sm_util_pct"] == 80.0
+    assert m["memory/device/cuda_0/peak_allocated_bytes"] == 7_000 and m["memory/device/cuda_1/peak_reserved_bytes"] == 10_000

@@ -222,6 +222,7 @@ def summary_metrics(summary: Mapping[str, Any] | None, processes: Iterable[Any] 
     out: dict[str, float] = {}
     if not summary:
         return out
+    processes = list(processes)
     if (n := _num(summary.get("n_requests"))) is not None:
         out["run/n_requests"] = n
     out["run/n_warnings"] = float(len(summary.get("warnings") or []))
@@ -257,8 +258,8 @@ def summary_metrics(summary: Mapping[str, Any] | None, processes: Iterable[Any] 
             if (x := _num(group.get("energy_j"))) is not None:
                 out[metric_name("energy", "phase", str(phase), f"{group.get('component')}{suffix}_j")] = x
 
-    out.update(device_metrics(list(processes)))
-    _memory_per_device(summary.get("memory") or {}, out)
+    out.update(device_metrics(processes))
+    _memory_per_device(summary.get("memory") or {}, out, processes)
     return out
 
 
@@ -304,17 +305,28 @@ def device_metrics(processes: list[Any]) -> dict[str, float]:
     return out
 
 
-def _memory_per_device(memory: Mapping[str, Any], out: dict[str, float]) -> None:
-    per_process = memory.get("per_process") or []
-    multi = len(per_process) > 1
-    for m in per_process:
+def _memory_per_device(memory: Mapping[str, Any], out: dict[str, float], processes: list[Any] | None = None) -> None:
+    """Peak CUDA memory per GPU (``memory/device/cuda_1/peak_allocated_bytes``), named like the energy metrics.
+
+    Each process lists every CUDA device it could see (torch numbering); a GPU's peak is the
+    highest any process on its host reached there, and a GPU no process allocated on is left out.
+    """
+    hosts = {p.process_index: str(p.header.get("hostname")) for p in processes or []}
+    multi_host = len(set(hosts.values())) > 1
+    peaks: dict[tuple[str, str], float] = {}
+    for m in memory.get("per_process") or []:
+        host = hosts.get(m.get("process_index"), "")
         for key, short in (("cuda_peak_allocated_bytes", "peak_allocated_bytes"), ("cuda_peak_reserved_bytes", "peak_reserved_bytes")):
             values = m.get(key)
-            if isinstance(values, list):
-                for j, v in enumerate(values):
-                    if (x := _num(v)) is not None:
-                        dev = f"p{m.get('process_index')}_cuda_{j}" if multi else f"cuda_{j}"
-                        out[metric_name("memory", "device", dev, short)] = x
+            if not isinstance(values, list):
+                continue
+            for j, v in enumerate(values):
+                if (x := _num(v)) is not None:
+                    dev = f"{host}/cuda:{j}" if multi_host else f"cuda:{j}"  # cleaned as the energy metrics' labels are
+                    peaks[(dev, short)] = max(peaks.get((dev, short), 0.0), x)
+    for (dev, short), x in peaks.items():
+        if x > 0 or peaks.get((dev, "peak_reserved_bytes"), 0.0) > 0:
+            out[metric_name("memory", "device", dev, short)] = x
 
 
 # --- the power/utilisation timeline ------------------------------------------------------------
