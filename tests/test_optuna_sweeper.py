@@ -150,6 +150,17 @@ def test_duplicates_reuse_results_and_a_small_space_is_exhausted(tmp_path: Path)
         assert t.state == TrialState.COMPLETE and t.values == original.values and t.params == original.params
 
 
+def test_grid_sampler_measures_each_configuration_once(tmp_path: Path) -> None:
+    from lem.search.study import run_study
+
+    launch = FakeLaunch()
+    # The preset's TPE-only key (n_startup_trials) must not stop another sampler from the command line.
+    sampler = {"_target_": "optuna.samplers.GridSampler", "seed": 0, "n_startup_trials": 5}
+    result = run_study(_settings(tmp_path, n_trials=100), _space(1, 2, 4), {}, launch, sampler_cfg=sampler, echo=lambda _: None)
+    assert sorted(o[-1] for _, o in launch.calls) == ["batching.batch_size=1", "batching.batch_size=2", "batching.batch_size=4"]
+    assert len(result.study.trials) == 3
+
+
 def test_failed_trials_are_recorded_and_the_study_goes_on_until_the_budget(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
@@ -234,8 +245,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def study_command(sweep_dir: Path, model: Path | str, preset: str, *overrides: str, store: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "lem", "-m", f"hparams_search={preset}",
+    defaults = [
         f"model.name_or_path={model}",
         f"hydra.sweep.dir={sweep_dir}",
         f"tracking.tracking_uri=sqlite:///{store}",
@@ -248,8 +258,9 @@ def study_command(sweep_dir: Path, model: Path | str, preset: str, *overrides: s
         "precision.dtype=float32",
         "backend.pytorch.attn_implementation=sdpa",
         "batching=static",
-        *overrides,
     ]
+    given = {o.split("=", 1)[0] for o in overrides}
+    return [sys.executable, "-m", "lem", "-m", f"hparams_search={preset}", *[d for d in defaults if d.split("=", 1)[0] not in given], *overrides]
 
 
 def run_study_cli(cmd: list[str], cwd: Path, timeout_s: float = 600) -> subprocess.CompletedProcess:
@@ -373,6 +384,51 @@ def test_a_failing_trial_is_recorded_and_the_study_continues(tiny_model: Path, s
     for t in failed:
         run = runs[t.user_attrs["mlflow_run_id"]]
         assert run.info.status == "FAILED" and run.data.tags["lem.optuna.trial_number"] == str(t.number)
+
+
+def test_a_trial_whose_engine_worker_dies_is_failed_and_the_study_continues(tiny_model: Path, store: Path, tmp_path: Path) -> None:
+    import psutil
+    from optuna.trial import TrialState
+
+    sweep_dir = tmp_path / "study"
+    # Two configurations: a short one and a long one, during which the engine worker is killed.
+    cmd = study_command(sweep_dir, tiny_model, "min_energy", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=0.5",
+                        "decoder=deterministic", "batching.batch_size=1", "dataset.ignore_eos=true", "dataset.max_input_tokens=32",
+                        "dataset.n_prompts=8", "dataset.max_output_tokens=choice(2,200)", store=store)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("LEM_MLFLOW_PARENT_RUN_ID", None)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    try:
+        deadline = time.monotonic() + 400
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            running = [
+                d for d in sweep_dir.glob("[0-9]*")
+                if (d / "raw").is_dir() and not (d / "summary.json").exists()
+                and (d / ".hydra" / "overrides.yaml").is_file()
+                and "dataset.max_output_tokens=200" in (d / ".hydra" / "overrides.yaml").read_text(errors="replace")
+            ] if sweep_dir.is_dir() else []
+            if not running:
+                continue
+            workers = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+            if workers:
+                workers[0].kill()
+                killed = int(running[0].name)
+        stdout, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None, "the long trial ended before its worker could be killed"
+    assert proc.returncode == 1, stderr[-3000:]
+    study = load(sweep_dir, "min_energy")
+    trial = study.trials[killed]
+    assert trial.state == TrialState.FAIL and "worker" in trial.user_attrs["lem.error"]
+    others = [t for t in study.trials if t.number != killed and "lem.duplicate_of" not in t.user_attrs]
+    assert [t.state for t in others] == [TrialState.COMPLETE]  # the study went on with a fresh worker
+    run = {r.info.run_id: r for r in mlflow_runs(store)}[trial.user_attrs["mlflow_run_id"]]
+    assert run.info.status == "FAILED" and run.data.tags["lem.optuna.trial_number"] == str(killed)
+    assert f"trial {killed} failed" in stdout
 
 
 def test_an_interrupted_study_resumes_without_repeating_trials(tiny_model: Path, store: Path, tmp_path: Path) -> None:

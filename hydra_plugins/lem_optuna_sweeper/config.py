@@ -18,6 +18,9 @@ from omegaconf import MISSING
 class SamplerConf:
     _target_: str = MISSING
     seed: Optional[int] = None
+    # Random trials before the model-based ones; in every sampler's config so a preset may set it
+    # and still let the command line pick another sampler (samplers without it ignore it).
+    n_startup_trials: Optional[int] = None
 
 
 @dataclass

@@ -180,6 +180,9 @@ def build_sampler(sampler_cfg: Mapping[str, Any] | None, distributions: Mapping[
     except (ImportError, AttributeError, ValueError) as exc:
         raise LemError(f"hydra.sweeper.sampler._target_={target}: not an importable sampler class ({exc})") from None
     accepted = inspect.signature(cls).parameters
+    cfg = {k: v for k, v in cfg.items() if v is not None}  # None: the sampler's own default
+    if "n_startup_trials" not in accepted:
+        cfg.pop("n_startup_trials", None)  # grid, random, NSGA-II: every trial is already "startup"
     if cfg.get("seed") is not None and n_existing:
         cfg["seed"] = int(cfg["seed"]) + n_existing
     if cls is optuna.samplers.GridSampler:
@@ -298,7 +301,7 @@ def _fail_stale_trials(study: Any) -> None:
             continue
         trial = optuna.trial.Trial(study, t._trial_id)
         trial.set_user_attr(ATTR_INTERRUPTED, True)
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, state=TrialState.FAIL)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -397,7 +400,7 @@ def run_study(
             if settings.deduplicate and key in batch_keys:
                 # The same configuration twice in one batch: measure it once, ask again for the other.
                 trial.set_user_attr(ATTR_SKIPPED, "the same configuration is already in this batch")
-                study.tell(trial, state=TrialState.FAIL)
+                _tell(study, trial, state=TrialState.FAIL)
                 continue
             consecutive_duplicates = 0
             batch_keys.add(key)
@@ -415,7 +418,7 @@ def run_study(
         except KeyboardInterrupt:
             for t in batch:
                 t.set_user_attr(ATTR_INTERRUPTED, True)
-                study.tell(t, state=TrialState.FAIL)
+                _tell(study, t, state=TrialState.FAIL)
             raise
         except Exception as exc:  # noqa: BLE001 - the launcher itself failed: every trial of the batch did
             outcomes = [TrialOutcome(error=f"the launcher failed: {_one_line(exc)}") for _ in batch]
@@ -436,12 +439,12 @@ def _tell_duplicate(study: Any, trial: Any, earlier: Any) -> None:
         if key in earlier.user_attrs:
             trial.set_user_attr(key, earlier.user_attrs[key])
     if earlier.state != TrialState.COMPLETE:
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, state=TrialState.FAIL)
         return
     if _has_set_constraint():
         for name, value in (getattr(earlier, "constraints", None) or {}).items():
             trial.set_constraint(name, value)
-    study.tell(trial, values=list(earlier.values))
+    _tell(study, trial, values=list(earlier.values))
 
 
 def _tell_outcome(study: Any, trial: Any, outcome: TrialOutcome, settings: StudySettings) -> None:
@@ -465,7 +468,7 @@ def _tell_outcome(study: Any, trial: Any, outcome: TrialOutcome, settings: Study
             values.append(value)
     if error is not None:
         trial.set_user_attr(ATTR_ERROR, error[:500])
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, state=TrialState.FAIL)
         return
     constraints = {}
     for path, limit in settings.limits.items():
@@ -476,7 +479,16 @@ def _tell_outcome(study: Any, trial: Any, outcome: TrialOutcome, settings: Study
         if _has_set_constraint():
             for name, value in constraints.items():
                 trial.set_constraint(name, value)
-    study.tell(trial, values=values)
+    _tell(study, trial, values=values)
+
+
+def _tell(study: Any, trial: Any, **kwargs: Any) -> None:
+    """``study.tell``, tolerating GridSampler's ``study.stop()`` at the end of its grid (meant for optimize())."""
+    try:
+        study.tell(trial, **kwargs)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
 
 
 def _constraint_name(path: str) -> str:
