@@ -250,12 +250,21 @@ def _count_flops(cfg: LemConfig, backend: Any, description: Any, records: list[R
 
     model = getattr(backend, "model", None) if description.engine == "pytorch" else None
     model_path = description.extra.get("model_path")
+    config = None
+    if model is None and model_path:
+        try:  # engines whose model lem cannot see: the same analytical count from the checkpoint's config
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        except Exception:  # noqa: BLE001 - then calflops from model_path, else 2 x params, as recorded in notes
+            config = None
     on_gpu = description.device_type == "cuda"
     compute_dtype = description.extra.get("compute_dtype") or description.dtype
     return count_run_flops(
         cfg.flops.strategy,
         records,
         model=model,
+        config=config,
         model_path=model_path,
         trust_remote_code=cfg.model.trust_remote_code,
         kv_cache=bool(description.extra.get("use_cache", True)),

@@ -80,3 +80,13 @@ def test_mfu_against_the_gpu_peak() -> None:
     assert f["flops_per_s"] == pytest.approx(2e14)
     assert f["mfu"] == pytest.approx(1e14 / 989e12)  # useful FLOPs / wall / peak
     assert f["hfu"] == pytest.approx(2e14 / 989e12)  # executed FLOPs / wall / peak
+
+
+def test_idle_power_of_a_device_counts_once_over_cycles() -> None:
+    phases = cycle_phases([40.0, 44.0, 42.0])
+    for ph in phases:
+        for r in ph.energy:
+            r.idle_power_w, r.net_energy_j = 2.0, r.energy_j - 2.0 * (ph.end_s - ph.start_s)
+    s = summarize([proc(phases=phases, requests=cycle_requests(3))])
+    assert s["energy"]["idle_power_w"] == pytest.approx(2.0)  # one device at 2 W, not 3 windows x 2 W
+    assert s["energy"]["net_generation_energy_j"] == pytest.approx(126.0 - 3 * 20.0)

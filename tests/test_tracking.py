@@ -419,7 +419,7 @@ def test_names_params_and_sweep_overrides() -> None:
 
     cfg = {"backend": {"name": "vllm"}, "batching": {"strategy": Strategy.static, "batch_size": 8}, "precision": {"dtype": "bfloat16"},
            "model": {"name_or_path": "meta-llama/Llama-3.1-8B"}, "decoder": {"stop": ["\n"], "temperature": None}}
-    assert run_name(cfg) == "vllm-static-bs8-bfloat16 Llama-3.1-8B"
+    assert run_name(cfg) == "vllm-continuous-bfloat16 Llama-3.1-8B"
     assert run_name(cfg, job_num=3).endswith(" #3")
     assert config_params(cfg) == {"backend.name": "vllm", "batching.strategy": "static", "batching.batch_size": "8",
                                   "precision.dtype": "bfloat16", "model.name_or_path": "meta-llama/Llama-3.1-8B",

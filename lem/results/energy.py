@@ -39,9 +39,18 @@ def energy_of(readings: list[Mapping[str, Any]], warnings: list[str], where: str
         key = (str(r.get("component")), str(source))
         g = groups.setdefault(key, {"component": key[0], "source": key[1], "n_readings": 0, **{f: 0.0 for f in _SUMMED}})
         g["n_readings"] += 1
+        seen = g.setdefault("_idle_devices", set())
         for f in _SUMMED:
             value = r.get(f)
+            if f == "idle_power_w" and value is not None:
+                # A power, not an energy: one device measured in several windows (cycles) counts once.
+                device_idle = (r.get("device"), value)
+                if device_idle in seen:
+                    continue
+                seen.add(device_idle)
             g[f] = None if value is None or g[f] is None else g[f] + float(value)
+    for g in groups.values():
+        g.pop("_idle_devices", None)
     by_component = [groups[k] for k in sorted(groups)]
     if any(g["source"] == "unknown" for g in by_component):
         warnings.append(f"{where}: energy readings without a source are listed but left out of every total")

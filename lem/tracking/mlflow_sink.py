@@ -435,18 +435,25 @@ def model_short_name(name_or_path: Any) -> str:
     return re.split(r"[/\\:]", text)[-1] if text else ""
 
 
+# Engines that schedule requests themselves: lem's batching strategy and batch size are not theirs.
+SCHEDULING_OF_BACKEND = {"vllm": "continuous", "tensorrt": "continuous", "llama_cpp": "serial"}
+
+
 def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None = None, job_num: int | None = None) -> str:
     """What the run is, at a glance: ``pytorch-static-bs8 Llama-3.1-8B``,
     ``pytorch-sorted_dynamic-tok4096-bfloat16 smollm2-135m-instruct #3`` (``#`` = the sweep's job number)."""
     run = (summary or {}).get("run") or {}
-    parts = [str(_cfg(config, "backend.name") or run.get("engine") or "run")]
+    backend = str(_cfg(config, "backend.name") or run.get("engine") or "run")
+    parts = [backend]
     strategy = _cfg(config, "batching.strategy")
-    if strategy:
+    if backend in SCHEDULING_OF_BACKEND:
+        parts.append(SCHEDULING_OF_BACKEND[backend])  # lem's batching does not apply: say how requests were served
+    elif strategy:
         parts.append(str(strategy))
-    if strategy in ("dynamic", "sorted_dynamic") and _cfg(config, "batching.max_tokens_per_batch"):
-        parts.append(f"tok{_cfg(config, 'batching.max_tokens_per_batch')}")
-    elif _cfg(config, "batching.batch_size") is not None:
-        parts.append(f"bs{_cfg(config, 'batching.batch_size')}")
+        if strategy in ("dynamic", "sorted_dynamic") and _cfg(config, "batching.max_tokens_per_batch"):
+            parts.append(f"tok{_cfg(config, 'batching.max_tokens_per_batch')}")
+        elif _cfg(config, "batching.batch_size") is not None:
+            parts.append(f"bs{_cfg(config, 'batching.batch_size')}")
     dtype, quant = _cfg(config, "precision.dtype"), _cfg(config, "precision.quantization")
     if dtype not in (None, "auto"):
         parts.append(str(dtype))
