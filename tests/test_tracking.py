@@ -417,11 +417,12 @@ def test_names_params_and_sweep_overrides() -> None:
     class Strategy(Enum):
         static = "static"
 
-    cfg = {"backend": {"name": "vllm"}, "batching": {"strategy": Strategy.static, "batch_size": 8}, "precision": {"dtype": "bfloat16"},
+    cfg = {"backend": {"name": "pytorch"}, "batching": {"strategy": Strategy.static, "batch_size": 8}, "precision": {"dtype": "bfloat16"},
            "model": {"name_or_path": "meta-llama/Llama-3.1-8B"}, "decoder": {"stop": ["\n"], "temperature": None}}
-    assert run_name(cfg) == "vllm-continuous-bfloat16 Llama-3.1-8B"
+    assert run_name(cfg) == "pytorch-static-bs8-bfloat16 Llama-3.1-8B"  # an Enum value shows as its value
+    assert run_name({**cfg, "backend": {"name": "vllm"}}).startswith("vllm-continuous-")  # vLLM schedules itself
     assert run_name(cfg, job_num=3).endswith(" #3")
-    assert config_params(cfg) == {"backend.name": "vllm", "batching.strategy": "static", "batching.batch_size": "8",
+    assert config_params(cfg) == {"backend.name": "pytorch", "batching.strategy": "static", "batching.batch_size": "8",
                                   "precision.dtype": "bfloat16", "model.name_or_path": "meta-llama/Llama-3.1-8B",
                                   "decoder.stop": '["\\n"]', "decoder.temperature": "null"}
     metrics = summary_metrics({"energy": {"j_per_output_token": 0.5, "source": "counter", "gpu_j_per_output_token": None,
