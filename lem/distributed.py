@@ -108,8 +108,10 @@ def run_ranks(cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> None:
     try:
         if lease is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = lease.cuda_visible_devices  # inherited at start(); LOCAL_RANK picks one
+        from lem import spawn
+
         for p in procs:
-            p.start()
+            spawn.start(p)
         for p in procs:
             p.join()
     except BaseException:

@@ -16,6 +16,10 @@ class ConfigError(LemError):
         self.allowed = allowed
         super().__init__(f"{key}={_show(value)}: expected {allowed}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with its own arguments: launchers (joblib, submitit) send a job's exception back to the sweep.
+        return (ConfigError, (self.key, self.value, self.allowed))
+
 
 def _show(value: Any) -> str:
     if value is None:

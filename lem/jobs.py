@@ -8,7 +8,6 @@ Consecutive jobs of a sweep whose engine settings match share one loaded engine
 
 from __future__ import annotations
 
-import atexit
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,15 @@ def engine_pool() -> Any:
 def workers() -> Any:
     global _WORKERS
     if _WORKERS is None:
-        import multiprocessing.util  # noqa: F401 - registers its atexit join of child processes now, so ours runs first
+        import multiprocessing.util
 
         from lem.worker import WorkerManager
 
         _WORKERS = WorkerManager()
-        # atexit is last-in first-out: stop the (non-daemonic) worker before multiprocessing joins it, or exit hangs.
-        atexit.register(_WORKERS.stop)
+        # Stop the (non-daemonic) worker before multiprocessing joins its children at exit, or exit hangs.
+        # A finalizer with a priority runs first both at interpreter exit (atexit) and at the end of a
+        # process that multiprocessing started itself (a joblib/loky worker, which never runs atexit).
+        multiprocessing.util.Finalize(None, _WORKERS.stop, exitpriority=10)
     return _WORKERS
 
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lem import spawn
 from lem.config import LemConfig
 from lem.errors import LemError
 
@@ -44,7 +45,7 @@ class EngineWorker:
         # The worker still ends with its launcher: close() at exit, and a watchdog if the launcher is killed.
         self.process = ctx.Process(target=_worker_main, args=(child, os.getpid()), name="lem-engine-worker", daemon=False)
         with _environment(env or {}):  # a spawned child takes os.environ as it is at start()
-            self.process.start()
+            spawn.start(self.process)
         child.close()
         self.engine_key: str | None = None
         self.n_jobs = 0
