@@ -34,9 +34,11 @@ SPACE = {
     "decoder": "choice(deterministic, creative)",
 }
 # A short workload per configuration (the grid is measured once, for real, on the embedded model).
+# CodeCarbon's process mode: on a shared machine, whole-machine load would charge other users' work to each trial.
 FIXED = os.environ.get(
     "LEM_BENCH_WORKLOAD",
-    "precision.dtype=float32 backend.pytorch.attn_implementation=sdpa dataset.n_prompts=8 dataset.max_output_tokens=8 run.warmup_batches=0",
+    "precision.dtype=float32 backend.pytorch.attn_implementation=sdpa dataset.n_prompts=8 dataset.max_output_tokens=16 "
+    "run.warmup_batches=0 energy.codecarbon.tracking_mode=process",
 ).split()
 
 

@@ -228,6 +228,8 @@ def test_a_study_refuses_a_different_workload(tmp_path: Path) -> None:
     open_study(_settings(tmp_path, identity=["model.name_or_path=/a"]), None, _space())
     with pytest.raises(LemError, match="measured the workload .*model.name_or_path=/a.*use another"):
         open_study(_settings(tmp_path, identity=["model.name_or_path=/b"]), None, _space())
+    with pytest.raises(LemError, match="was run with none; use another hydra.sweeper.study_name"):
+        open_study(_settings(tmp_path, identity=["model.name_or_path=/a"], limits={"latency.ttft_ms.p99": 500.0}), None, _space())
 
 
 # --- whole studies, end to end ----------------------------------------------------------------

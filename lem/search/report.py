@@ -125,7 +125,7 @@ def format_summary(study: Any, settings: StudySettings, stopped: str | None = No
     if not best:
         lines.append("  best      none: no trial completed within the limits")
         return "\n".join(lines)
-    title = "best trial" if len(settings.directions) == 1 else f"Pareto front ({len(best)} trials, by {SHORT_NAMES.get(settings.objectives[0], settings.objectives[0])})"
+    title = "best trial" if len(settings.directions) == 1 else f"Pareto front ({len(best)} trial{'s' if len(best) != 1 else ''}, by {SHORT_NAMES.get(settings.objectives[0], settings.objectives[0])})"
     lines.append(f"  {title}")
     metric_cols = list(dict.fromkeys([*settings.objectives, *settings.recorded]))
     param_names = list(dict.fromkeys(k for t in best for k in t.params))

@@ -247,9 +247,11 @@ def open_study(settings: StudySettings, sampler_cfg: Mapping[str, Any] | None, d
             f"with direction {settings.directions} ({_one_line(exc)}); choose another study_name"
         ) from None
     recorded = study.user_attrs.get(STUDY_ATTR_IDENTITY)
+    limits = {k: float(v) for k, v in settings.limits.items()}
     if recorded is None:
         study.set_user_attr(STUDY_ATTR_IDENTITY, list(settings.identity))
         study.set_user_attr("lem.objectives", list(settings.objectives))
+        study.set_user_attr("lem.limits", limits)
     elif list(recorded) != list(settings.identity):
         raise LemError(
             f"hydra.sweeper.study_name={settings.study_name}: this study in {redact(settings.storage)} measured "
@@ -260,6 +262,12 @@ def open_study(settings: StudySettings, sampler_cfg: Mapping[str, Any] | None, d
         raise LemError(
             f"hydra.sweeper.objectives={settings.objectives}: study {settings.study_name} optimises "
             f"{study.user_attrs['lem.objectives']}; use another hydra.sweeper.study_name"
+        )
+    if study.user_attrs.get("lem.limits", limits) != limits:
+        # Finished trials were judged feasible or not against the limits they ran under.
+        raise LemError(
+            f"hydra.sweeper latency limits {limits or 'none'}: study {settings.study_name} was run with "
+            f"{study.user_attrs['lem.limits'] or 'none'}; use another hydra.sweeper.study_name for other limits"
         )
     _fail_stale_trials(study)
     return study
@@ -519,7 +527,9 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "—"
     value = float(value)
-    if value == 0 or 0.01 <= abs(value) < 100_000:
+    if 1000 <= abs(value) < 1e7:
+        return f"{value:.0f}"
+    if value == 0 or 0.01 <= abs(value) < 1000:
         return f"{value:.4g}"
     return f"{value:.3g}"
 
