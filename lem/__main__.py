@@ -97,6 +97,18 @@ def _as_user_error(exc: BaseException) -> Exception:
 def main() -> None:
     # Let Hydra's exceptions reach us so they can be reported in one line.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:  # Hydra's own help takes seconds: list conf/ instead
+        from lem.help import render_help
+
+        try:
+            print(render_help(CONF_DIR, [a for a in args if a not in ("--help", "-h") and not a.startswith("-")]))
+        except Exception as exc:  # noqa: BLE001 - a bad override beside --help: the usual one line
+            from lem.hydra_errors import describe_config_exception
+
+            print(f"lem: error: {describe_config_exception(exc, CONF_DIR, args) or exc}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        return
     import hydra
 
     from lem.config import register_schema

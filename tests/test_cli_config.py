@@ -181,3 +181,13 @@ def test_cfg_job_shows_overrides(tmp_path: Path) -> None:
     # experiment=quick sets batch_size 8, the command line wins over it.
     assert "batch_size: 3" in result.stdout
     assert "n_prompts: 16" in result.stdout
+
+
+def test_help_lists_the_launcher_presets_and_takes_overrides(tmp_path: Path) -> None:
+    result = run_lem(["--help", "batching=dynamic"], cwd=tmp_path)
+    assert result.returncode == 0
+    launchers = next(line for line in result.stdout.splitlines() if line.startswith("hydra/launcher: "))
+    assert {"parallel", "slurm", "submitit_local"} <= set(launchers.split(": ", 1)[1].split(", "))
+    assert "max_tokens_per_batch: 4096" in result.stdout  # the composed config reflects the override
+    bad = run_lem(["--help", "batching=nope"], cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("lem: error: batching=nope: expected one of")
