@@ -104,3 +104,39 @@ def test_guard_rules() -> None:
         launch_guard.check(_config(JOBLIB, "cpu", lease=False, task=["backend.device=cpu,cuda"]), gpus_visible=1)
     assert launch_guard.parallel_jobs({**JOBLIB, "n_jobs": 1}) == 1
     assert launch_guard.parallel_jobs({**JOBLIB, "n_jobs": -1}) == os.cpu_count()
+
+
+def test_two_workers_share_one_study(tiny_model: Path, tmp_path: Path) -> None:
+    """Two `python -m lem -m hparams_search=...` processes on one SQLite study (a cluster's shared storage)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tests.test_optuna_sweeper import study_command
+
+    storage = f"sqlite:///{tmp_path}/shared-optuna.db"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for key in ("HYDRA_FULL_ERROR", "LEM_MLFLOW_PARENT_RUN_ID", "LEM_SWEEP_ID"):
+        env.pop(key, None)
+    workers = []
+    for i in range(2):
+        cmd = study_command(
+            tmp_path / "study", tiny_model, "min_energy", "hydra.sweeper.n_trials=6", f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.sampler.seed=null", store=tmp_path / f"mlflow-{i}.db",
+        )
+        workers.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [w.communicate(timeout=900) for w in workers]
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+
+    study = optuna.load_study(study_name="min_energy", storage=storage)
+    trials = study.get_trials()
+    from lem.search.study import is_measured
+
+    measured = [t for t in trials if is_measured(t)]
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))  # no trial number handed out twice
+    assert len(measured) == 6 and all(t.state == TrialState.COMPLETE for t in measured)  # the study's total, not each worker's
+    by_worker = {t.user_attrs["lem.worker"]["pid"] for t in measured}
+    assert len(by_worker) == 2  # both workers pulled trials from the one study
+    for t in measured:  # job N is trial N, in the shared sweep folder
+        assert (tmp_path / "study" / str(t.number) / "summary.json").is_file()

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,10 +228,7 @@ def open_study(settings: StudySettings, sampler_cfg: Mapping[str, Any] | None, d
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _ensure_sqlite_dir(settings.storage)
-    try:
-        storage = optuna.storages.RDBStorage(settings.storage) if "://" in settings.storage else settings.storage
-    except Exception as exc:  # noqa: BLE001 - a wrong URL, a missing driver, a server that does not answer
-        raise LemError(f"hydra.sweeper.storage={redact(settings.storage)}: cannot open the Optuna storage ({_one_line(exc)})") from None
+    storage = _open_storage(settings.storage)
     n_existing = 0
     try:
         n_existing = len(optuna.load_study(study_name=settings.study_name, storage=storage).trials)
@@ -271,6 +269,26 @@ def open_study(settings: StudySettings, sampler_cfg: Mapping[str, Any] | None, d
         )
     _fail_stale_trials(study)
     return study
+
+
+def _open_storage(url: str, attempts: int = 6) -> Any:
+    """The study's storage; several workers starting together on a new database race to create its
+    tables (one wins, the others see a unique-constraint error): the losers try again."""
+    import optuna
+
+    if "://" not in url:
+        return url
+    # SQLite shared by several processes: wait for a lock instead of failing at once.
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception as exc:  # noqa: BLE001 - a wrong URL, a missing driver, a server that does not answer
+            racing = type(exc).__name__ in ("IntegrityError", "OperationalError") and attempt < attempts - 1
+            if not racing:
+                raise LemError(f"hydra.sweeper.storage={redact(url)}: cannot open the Optuna storage ({_one_line(exc)})") from None
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _ensure_sqlite_dir(url: str) -> None:
@@ -397,6 +415,12 @@ def run_study(
         batch_keys: set[tuple[tuple[str, str], ...]] = set()
         while len(batch) < min(settings.n_jobs, remaining):
             trial = study.ask(fixed_distributions=dict(distributions))
+            others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number and is_measured(t)]
+            if len(others) + len(batch) >= n_target:
+                # Another worker sharing this study (a cluster) took the last trials since we counted.
+                trial.set_user_attr(ATTR_SKIPPED, "the study reached n_trials while this trial was being asked")
+                _tell(study, trial, state=TrialState.FAIL)
+                break
             key = params_key(trial.params)
             earlier = finished_by_key.get(key) if settings.deduplicate else None
             if earlier is not None:
