@@ -121,9 +121,14 @@ def main() -> None:
     )
     print(f"  lem   output tokens/s: median {statistics.median(lem_tps):8.1f}  ({', '.join(f'{v:.1f}' for v in lem_tps)})")
     print(f"  bare  output tokens/s: median {statistics.median(bare_tps):8.1f}  ({', '.join(f'{v:.1f}' for v in bare_tps)})")
-    ratio = statistics.median(lem_tps) / statistics.median(bare_tps)
+    # Each repeat's pair ran back to back, so the median of the per-repeat ratios is robust to load that
+    # comes and goes on a shared machine; the ratio of medians is printed beside it.
+    ratio = statistics.median(ratios)
     verdict = "meets" if ratio >= 0.98 else "BELOW"
-    print(f"  lem / bare throughput: {ratio:.3f} (ratio of medians; per-repeat median {statistics.median(ratios):.3f}) -> {verdict} the 0.98 target")
+    print(
+        f"  lem / bare throughput: {ratio:.3f} (median of per-repeat ratios {', '.join(f'{r:.3f}' for r in ratios)}; "
+        f"ratio of medians {statistics.median(lem_tps) / statistics.median(bare_tps):.3f}) -> {verdict} the 0.98 target"
+    )
 
 
 if __name__ == "__main__":
