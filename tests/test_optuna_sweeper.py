@@ -388,6 +388,26 @@ def test_a_failing_trial_is_recorded_and_the_study_continues(tiny_model: Path, s
         assert run.info.status == "FAILED" and run.data.tags["lem.optuna.trial_number"] == str(t.number)
 
 
+def test_a_trial_refused_by_validation_is_one_failed_run(tiny_model: Path, tmp_path: Path) -> None:
+    from optuna.trial import TrialState
+
+    store = tmp_path / "mlflow.db"
+    sweep_dir = tmp_path / "study"
+    cmd = study_command(sweep_dir, tiny_model, "min_energy", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2",
+                        "hydra.sweeper.max_failure_rate=0.5", "decoder=deterministic", "batching.batch_size=choice(0,2)",
+                        "precision.dtype=float32", "backend.pytorch.attn_implementation=sdpa", store=store)
+    result = run_study_cli(cmd, tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    study = load(sweep_dir, "min_energy")
+    refused = [t for t in study.trials if t.state == TrialState.FAIL and t.params.get("batching.batch_size") == 0]
+    assert len(refused) == 1
+    runs = mlflow_runs(store)
+    tagged = [r for r in runs if r.data.tags.get("lem.optuna.trial_number") == str(refused[0].number)]
+    assert len(tagged) == 1 and tagged[0].info.status == "FAILED"  # the callback's FAILED child, not a second run
+    assert not any(r.info.run_name == f"trial {refused[0].number} (failed)" for r in runs)
+    assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId")]) == 2  # two trials, two children
+
+
 def test_a_trial_whose_engine_worker_dies_is_failed_and_the_study_continues(tiny_model: Path, store: Path, tmp_path: Path) -> None:
     import psutil
     from optuna.trial import TrialState

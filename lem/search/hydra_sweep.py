@@ -136,9 +136,10 @@ def make_launch(launcher: Any, config: Any, settings: StudySettings, link: Any) 
                     outcome = outcome_from_run_dir(run_dir, paths, error=error)
                     if error is not None:
                         record_failed_job(str(number))  # never reached lem's own failure handling
+                job_dir = outcome.run_dir or fallback
                 if outcome.error is not None and outcome.run_dir is not None and not outcome.run_dir.is_dir():
                     outcome.run_dir = None  # refused before it ran: Hydra's folder was removed
-                link.link_trial(number, outcome, overrides)
+                link.link_trial(number, outcome, overrides, job_dir=job_dir)
                 outcomes.append(outcome)
         return outcomes
 

@@ -248,8 +248,12 @@ class MlflowLink:
         print(f"lem: warning: could not {what} in MLflow ({_one_line(exc)}); the study goes on", file=sys.stderr, flush=True)
         self.enabled = False
 
-    def link_trial(self, number: int, outcome: Any, overrides: Sequence[str]) -> None:
-        """Find the trial's child run by its run folder and tag it; a trial refused before it ran gets a FAILED run."""
+    def link_trial(self, number: int, outcome: Any, overrides: Sequence[str], job_dir: Path | None = None) -> None:
+        """Find the trial's child run by its run folder and tag it; a trial refused before it ran gets a FAILED run.
+
+        ``job_dir`` is where the job's folder is or was: a job refused by validation has its (empty)
+        folder removed, but lem's callback has already logged it as a FAILED child under that path.
+        """
         if not self.enabled:
             return
         from mlflow.entities import RunTag
@@ -259,8 +263,9 @@ class MlflowLink:
         try:
             client, experiment_id = self._client()
             run = None
-            if outcome.run_dir is not None:
-                path = str(Path(outcome.run_dir).resolve()).replace("\\", "\\\\").replace("'", "\\'")
+            where = outcome.run_dir if outcome.run_dir is not None else job_dir
+            if where is not None:
+                path = str(Path(where).resolve()).replace("\\", "\\\\").replace("'", "\\'")
                 found = client.search_runs([experiment_id], filter_string=f"tags.`lem.run_dir` = '{path}'", max_results=5)
                 run = max(found, key=lambda r: r.info.start_time or 0) if found else None
             tags = [RunTag(TRIAL_NUMBER_TAG, str(number)), RunTag(STUDY_NAME_TAG, self.study_name)]
