@@ -128,7 +128,14 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
 
 
 def _watch_parent(parent_pid: int) -> None:
-    """End this worker when the launching process is gone (killed with SIGKILL, it cannot tell us)."""
+    """End this worker when the launching process is gone (killed with SIGKILL, it cannot tell us).
+
+    On Linux the kernel kills the worker the moment its parent dies (PR_SET_PDEATHSIG), so a killed
+    run's worker writes nothing after it; elsewhere a watchdog thread notices within half a second.
+    """
+    _kill_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
 
     def watch() -> None:
         while True:
@@ -151,6 +158,17 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _kill_with_parent() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog thread alone
+        pass
 
 
 class WorkerManager:
