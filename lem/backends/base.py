@@ -41,6 +41,24 @@ class EngineDescription:
     extra: dict[str, Any]
 
 
+class LoadedTokenizer:
+    """The ``tokenizer`` and ``eos_token_ids`` of the Backend protocol, for adapters that set
+    ``self._tokenizer`` and ``self._eos_ids`` in ``load_model``."""
+
+    _tokenizer: Any = None
+    _eos_ids: frozenset[int] = frozenset()
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise RuntimeError("load_model() must run before the tokenizer is available")
+        return self._tokenizer
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self._eos_ids
+
+
 class Backend(Protocol):
     def init_engine(self) -> None:
         """Set up the runtime (threads, device, compile caches) — the engine_init phase."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from lem.backends.base import EngineDescription, RawGeneration
+from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration
 from lem.config import LemConfig
 from lem.errors import ConfigError, LemError
 from lem.workload.types import GenerationParams, PreparedRequest
@@ -171,7 +171,7 @@ def _c_string(llama_cpp: Any, symbol: str) -> str | None:
 # -- the adapter ----------------------------------------------------------------------------
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(LoadedTokenizer):
     """``ContinuousBackend`` for llama-cpp-python: one request at a time, every token timed as it is sampled."""
 
     continuous_batching = True  # lem's batches do not apply: this adapter serves requests itself, one by one
@@ -315,16 +315,6 @@ class LlamaCppBackend:
         gc.collect()
 
     # -- protocol properties --------------------------------------------------------------
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            raise RuntimeError("load_model() must run before the tokenizer is available")
-        return self._tokenizer
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos_ids
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from lem.backends.base import EngineDescription, RawGeneration
+from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration
 from lem.config import Device, DType, LemConfig, Quantization, ShardingStrategy, resolve_device
 from lem.errors import LemError
 from lem.workload.types import GenerationParams, PreparedRequest
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 
-class PyTorchBackend:
+class PyTorchBackend(LoadedTokenizer):
     """``Backend`` for ``model.generate`` in Transformers, with per-step token times from a streamer."""
 
     def __init__(self, cfg: LemConfig) -> None:
@@ -236,16 +236,6 @@ class PyTorchBackend:
             torch.cuda.empty_cache()
 
     # -- protocol properties --------------------------------------------------------------
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            raise RuntimeError("load_model() must run before the tokenizer is available")
-        return self._tokenizer
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos_ids
 
     @property
     def model(self) -> Any:

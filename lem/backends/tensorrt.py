@@ -26,7 +26,7 @@ import time
 from enum import Enum
 from typing import Any, Iterator, Sequence
 
-from lem.backends.base import EngineDescription, RawGeneration
+from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration
 from lem.backends.hf_files import context_length
 from lem.config import LemConfig, TensorRTRuntime, engine_parallel_sizes
 from lem.errors import ConfigError, LemError
@@ -101,7 +101,7 @@ def tensorrt_sampling_kwargs(params: GenerationParams, eos_token_ids: frozenset[
     return kwargs
 
 
-class TensorRTBackend:
+class TensorRTBackend(LoadedTokenizer):
     """``ContinuousBackend`` on TensorRT-LLM's LLM API: requests submitted at arrival, tokens streamed back."""
 
     continuous_batching = True
@@ -224,16 +224,6 @@ class TensorRTBackend:
             torch.cuda.empty_cache()
 
     # -- protocol properties --------------------------------------------------------------
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            raise RuntimeError("load_model() must run before the tokenizer is available")
-        return self._tokenizer
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos_ids
 
     # -- helpers --------------------------------------------------------------------------
 

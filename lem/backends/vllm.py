@@ -24,7 +24,7 @@ import time
 from collections import deque
 from typing import Any, Iterator, Sequence
 
-from lem.backends.base import EngineDescription, RawGeneration
+from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration
 from lem.backends.hf_files import context_length
 from lem.config import LemConfig, engine_parallel_sizes
 from lem.errors import ConfigError, LemError
@@ -86,7 +86,7 @@ def vllm_sampling_kwargs(params: GenerationParams, eos_token_ids: frozenset[int]
     return kwargs
 
 
-class VllmBackend:
+class VllmBackend(LoadedTokenizer):
     """``ContinuousBackend`` on vLLM's engine: lem hands requests over at their arrival times, vLLM schedules them."""
 
     continuous_batching = True
@@ -240,16 +240,6 @@ class VllmBackend:
         _empty_cuda_cache()
 
     # -- protocol properties --------------------------------------------------------------
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            raise RuntimeError("load_model() must run before the tokenizer is available")
-        return self._tokenizer
-
-    @property
-    def eos_token_ids(self) -> frozenset[int]:
-        return self._eos_ids
 
     # -- helpers --------------------------------------------------------------------------
 
