@@ -104,14 +104,13 @@ def run_ranks(cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> None:
     ctx = mp.get_context("spawn")  # a clean interpreter per rank: no CUDA state inherited
     lease = lease_for(cfg)  # every rank's GPU, held until all ranks are done
     procs = [ctx.Process(target=_rank_main, args=(cfg, composed, str(run_dir), rank, size, port), name=f"lem-rank-{rank}") for rank in range(size)]
-    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    # Every rank sees the leased GPUs (inherited at start); LOCAL_RANK picks its own among them.
+    env = {"CUDA_VISIBLE_DEVICES": lease.cuda_visible_devices} if lease is not None else None
     try:
-        if lease is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = lease.cuda_visible_devices  # inherited at start(); LOCAL_RANK picks one
         from lem import spawn
 
         for p in procs:
-            spawn.start(p)
+            spawn.start(p, env)
         for p in procs:
             p.join()
     except BaseException:
@@ -121,10 +120,6 @@ def run_ranks(cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> None:
         raise
     finally:
         if lease is not None:
-            if before is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = before
             lease.release()
     failed = [(rank, p.exitcode) for rank, p in enumerate(procs) if p.exitcode != 0]
     if failed:

@@ -111,6 +111,7 @@ def run_measurement(
     raw_path = run_dir / "raw" / f"process-{process_index}.jsonl"
     writer = RawWriter(raw_path)
     meter.start()
+    backend = None
     try:
         baseline = meter.measure_idle()
 
@@ -213,7 +214,7 @@ def run_measurement(
         writer.write(_count_flops(cfg, backend, description, records))
         writer.write(EndRecord(status="completed", end_s=clock.now_s()))
     except BaseException:
-        pool.discard(backend if "backend" in locals() else None)
+        pool.discard(backend)
         raise
     finally:
         meter.stop()
@@ -257,7 +258,7 @@ def _count_flops(cfg: LemConfig, backend: Any, description: Any, records: list[R
 
             config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
         except Exception:  # noqa: BLE001 - then calflops from model_path, else 2 x params, as recorded in notes
-            config = None
+            pass
     on_gpu = description.device_type == "cuda"
     compute_dtype = description.extra.get("compute_dtype") or description.dtype
     return count_run_flops(

@@ -8,16 +8,22 @@ A spawned child re-applies its parent's global start method; inside a loky worke
 from __future__ import annotations
 
 import multiprocessing.spawn
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _LOCK = threading.Lock()
 _STANDARD = ("spawn", "fork", "forkserver")
 
 
-def start(process: Any) -> None:
-    """``process.start()`` for a process of the spawn context, whatever this process's own start method is."""
-    with _LOCK:
+def start(process: Any, env: dict[str, str] | None = None) -> None:
+    """``process.start()`` for a process of the spawn context, whatever this process's own start method is.
+
+    ``env`` is added to the child's environment (a spawned child takes ``os.environ`` as it is at start).
+    """
+    with _LOCK, _environment(env or {}):
         original = multiprocessing.spawn.get_preparation_data
 
         def preparation_data(name: str) -> dict[str, Any]:
@@ -31,3 +37,17 @@ def start(process: Any) -> None:
             process.start()
         finally:
             multiprocessing.spawn.get_preparation_data = original
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

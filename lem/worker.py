@@ -17,8 +17,6 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +42,7 @@ class EngineWorker:
         # Not daemonic: engines such as vLLM start processes of their own, which a daemonic process may not.
         # The worker still ends with its launcher: close() at exit, and a watchdog if the launcher is killed.
         self.process = ctx.Process(target=_worker_main, args=(child, os.getpid()), name="lem-engine-worker", daemon=False)
-        with _environment(env or {}):  # a spawned child takes os.environ as it is at start()
-            spawn.start(self.process)
+        spawn.start(self.process, env)
         child.close()
         self.engine_key: str | None = None
         self.n_jobs = 0
@@ -144,20 +141,6 @@ def _watch_parent(parent_pid: int) -> None:
             time.sleep(PARENT_CHECK_INTERVAL_S)
 
     threading.Thread(target=watch, name="lem-parent-watch", daemon=True).start()
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _kill_with_parent() -> None:

@@ -221,6 +221,45 @@ def test_resume_counts_finished_trials_and_fails_stale_ones(tmp_path: Path) -> N
     assert not {n for n, _ in first.calls} & {n for n, _ in second.calls}
 
 
+_KILLED_AFTER_ASK = """
+import os, signal, sys
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+from lem.search.study import _ask
+study = optuna.load_study(study_name="s", storage=sys.argv[1])
+space = {"batching.batch_size": CategoricalDistribution((1, 2, 4, 8, 16, 32))}
+if sys.argv[2] == "after-ask":
+    _ask(study, space)  # the trial is RUNNING: killed before anything else is written
+else:
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"lem.worker": {"host": "h", "pid": os.getpid()}}))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("moment", ["after-ask", "before-ask"])
+def test_a_worker_killed_right_at_ask_leaves_no_trial_that_counts_for_ever(tmp_path: Path, moment: str) -> None:
+    from optuna.trial import TrialState
+
+    from lem.search.study import ATTR_DUPLICATE_OF, ATTR_INTERRUPTED, run_study
+
+    sampler = {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
+    space = _space(1, 2, 4, 8, 16, 32)
+    run_study(_settings(tmp_path, n_trials=1), space, {}, FakeLaunch(), sampler_cfg=sampler, echo=lambda _: None)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_ASK, f"sqlite:///{tmp_path}/optuna.db", moment], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    result = run_study(_settings(tmp_path, n_trials=3), space, {}, FakeLaunch(), sampler_cfg=sampler, echo=lambda _: None)
+    trials = result.study.trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and ATTR_DUPLICATE_OF not in t.user_attrs]
+    assert len(complete) == 3
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    if moment == "after-ask":  # the killed process's trial: failed as interrupted, not counted
+        assert trials[1].state == TrialState.FAIL and trials[1].user_attrs[ATTR_INTERRUPTED]
+    else:  # its queued trial was simply the next one asked for, and measured
+        assert trials[1].state == TrialState.COMPLETE
+
+
 def test_a_study_refuses_a_different_workload(tmp_path: Path) -> None:
     from lem.errors import LemError
     from lem.search.study import open_study

@@ -414,7 +414,7 @@ def run_study(
         batch: list[Any] = []
         batch_keys: set[tuple[tuple[str, str], ...]] = set()
         while len(batch) < min(settings.n_jobs, remaining):
-            trial = study.ask(fixed_distributions=dict(distributions))
+            trial = _ask(study, distributions)
             others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number and is_measured(t)]
             if len(others) + len(batch) >= n_target:
                 # Another worker sharing this study (a cluster) took the last trials since we counted.
@@ -436,7 +436,6 @@ def run_study(
                 continue
             consecutive_duplicates = 0
             batch_keys.add(key)
-            trial.set_user_attr(ATTR_WORKER, _worker())
             trial.set_user_attr(ATTR_OVERRIDES, trial_overrides(trial.params, {}))
             batch.append(trial)
         if not batch:
@@ -461,6 +460,28 @@ def run_study(
             result.measured_this_session += 1
             echo(trial_line(study.get_trials(deepcopy=False)[trial.number], settings))
     return result
+
+
+def _ask(study: Any, distributions: Mapping[str, Any]) -> Any:
+    """``study.ask`` for a trial that names this process (``ATTR_WORKER``) from the moment it runs.
+
+    A trial that became RUNNING without that name (the process killed between ``ask`` and
+    ``set_user_attr``) could never be recognised as stale, and would count as measured for ever.
+    So the name goes into a WAITING trial first, which ``ask`` then pops: the pop and the name are
+    one write. Where a WAITING trial is already queued (one a killed worker left, or one the user
+    enqueued), ``ask`` pops that one instead, and none is added. Another worker sharing the study
+    may pop the trial first, so the name is corrected after the pop.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    me = _worker()
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={ATTR_WORKER: me}))
+    trial = study.ask(fixed_distributions=dict(distributions))
+    if trial.user_attrs.get(ATTR_WORKER) != me:
+        trial.set_user_attr(ATTR_WORKER, me)
+    return trial
 
 
 def _tell_duplicate(study: Any, trial: Any, earlier: Any) -> None:

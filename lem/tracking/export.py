@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from lem.tracking.store import DEFAULT_EXPERIMENT, Target, TrackingUnavailable, resolve_tracking_uri
+from lem.tracking.store import DEFAULT_EXPERIMENT, Target, TrackingUnavailable, resolve_tracking_uri, search_all_runs
 
 KEY_PARAMS = (
     "model.name_or_path",
@@ -105,14 +105,7 @@ def rows_from_store(target: Target, filter_string: str = "", *, include_sweeps: 
     from lem.tracking.sweep import KIND_TAG
 
     client, experiment_id = open_experiment(target)
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
+    runs = search_all_runs(client, experiment_id, filter_string, order_by=["attributes.start_time DESC"])
     rows = []
     for r in runs:
         tags = r.data.tags

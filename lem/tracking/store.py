@@ -169,6 +169,18 @@ def connect(target: Target) -> tuple[Any, str]:
     return client, experiment_id
 
 
+def search_all_runs(client: Any, experiment_id: str, filter_string: str = "", order_by: list[str] | None = None) -> list[Any]:
+    """Every run matching ``filter_string``, page after page (MLflow returns at most 1000 at a time)."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, order_by=order_by, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def _probe(uri: str) -> None:
     """Fail fast: MLflow's own HTTP client retries for minutes before giving up."""
     if uri.startswith(("http://", "https://")):

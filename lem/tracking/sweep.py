@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lem.tracking.mlflow_sink import PARENT_TAG, SWEEP_ID_TAG, _user, config_params
-from lem.tracking.store import SWEEP_FILE, Target, connect, git_commit
+from lem.tracking.store import SWEEP_FILE, Target, connect, git_commit, search_all_runs
 
 KIND_TAG = "lem.kind"
 HEADLINE = (
@@ -162,15 +162,7 @@ def parse_overrides(text: str) -> dict[str, str]:
 
 def children_rows(target: Target, parent_run_id: str) -> list[dict[str, Any]]:
     client, experiment_id = connect(target)
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=1000, page_token=token
-        )
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
+    runs = search_all_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
     rows = []
     for r in runs:
         tags = r.data.tags
