@@ -29,3 +29,9 @@ def _show(value: Any) -> str:
     if hasattr(value, "value") and not isinstance(value, (int, float, str)):
         return str(value.value)  # an Enum
     return str(value)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name when it has no message)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lem.config import LemConfig
+from lem.errors import first_line
 
 _GROUPS = ("model", "dataset", "backend", "batching", "sharding", "decoder", "traffic", "precision", "experiment")
 
@@ -37,8 +38,7 @@ def describe_config_exception(exc: BaseException, conf_dir: Path, argv: Sequence
         key = no_match.group(1)
         return f"{key}={_value_in_argv(key, argv)}: unknown key; top-level keys and groups: {', '.join(_top_level_keys())}"
 
-    first_line = str(chain[0]).strip().splitlines()[0] if str(chain[0]).strip() else type(chain[0]).__name__
-    return f"could not compose the config: {first_line}"
+    return f"could not compose the config: {first_line(chain[0])}"
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

@@ -6,9 +6,11 @@ timing arithmetic and energy live outside them, so engines are compared on equal
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol, Sequence
 
+from lem.errors import LemError
 from lem.workload.types import GenerationParams, PreparedRequest
 
 
@@ -101,3 +103,25 @@ class ContinuousBackend(Backend, Protocol):
         (``time.perf_counter`` values; all equal for offline traffic), and yield each request's
         RawGeneration (``arrival_time`` and ``start_time`` set) as soon as it finishes.
         """
+
+
+def serve_together(backend: ContinuousBackend, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
+    """``generate`` for a continuous engine: ``batch`` served at once (warmup); one RawGeneration per request, in input order."""
+    now = time.perf_counter()
+    done = {raw.request_id: raw for raw in backend.serve(batch, [now] * len(batch), params)}
+    return [done[request.request_id] for request in batch]
+
+
+def check_requests_fit(requests: Sequence[PreparedRequest], max_output_tokens: int, limit: int | None = None, limit_key: str = "") -> None:
+    """Refuse, before any is served, a request without input tokens or one whose prompt plus
+    ``max_output_tokens`` exceeds the loaded engine's sequence limit (``limit``, set by ``limit_key``)."""
+    for request in requests:
+        if not request.input_ids:
+            raise LemError(f"request {request.request_id} has no input tokens; every prompt needs at least one")
+        if limit is not None and request.input_tokens + max_output_tokens > limit:
+            # Possible when an engine loaded for an earlier job is reused with longer prompts or outputs.
+            raise LemError(
+                f"request {request.request_id} needs {request.input_tokens + max_output_tokens} tokens "
+                f"(prompt + max_output_tokens) but the engine holds {limit_key.rsplit('.', 1)[-1]}={limit}; "
+                f"raise {limit_key} or set run.reuse_engine=false"
+            )

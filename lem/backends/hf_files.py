@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lem.config import ModelConfig
-from lem.errors import LemError
+from lem.errors import LemError, first_line
 
 
 def load_tokenizer(model: ModelConfig, path: str) -> Any:
@@ -22,13 +22,18 @@ def load_tokenizer(model: ModelConfig, path: str) -> Any:
     from transformers import AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": model.trust_remote_code}
-    if model.revision and not Path(path).is_dir():
-        kwargs["revision"] = model.revision
+    revision = hub_revision(model, path)
+    if revision:
+        kwargs["revision"] = revision
     try:
         return AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError, ImportError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LemError(f"model.name_or_path={model.name_or_path}: could not load its tokenizer: {first_line}") from e
+        raise LemError(f"model.name_or_path={model.name_or_path}: could not load its tokenizer: {first_line(e)}") from e
+
+
+def hub_revision(model: ModelConfig, path: str) -> str | None:
+    """The ``revision`` to pass with ``path``: the configured one, unless ``path`` is a local folder (no revisions there)."""
+    return model.revision if model.revision and not Path(path).is_dir() else None
 
 
 def eos_token_ids(model: ModelConfig, path: str, tokenizer: Any) -> frozenset[int]:

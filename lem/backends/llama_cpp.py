@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration
 from lem.config import LemConfig
-from lem.errors import ConfigError, LemError
+from lem.errors import ConfigError, LemError, first_line
 from lem.workload.types import GenerationParams, PreparedRequest
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class LlamaCppBackend(LoadedTokenizer):
         try:
             llm = self._lib.Llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as e:
-            raise LemError(f"backend.llama_cpp.model_path={gguf}: llama.cpp could not load it: {_first_line(e)}") from e
+            raise LemError(f"backend.llama_cpp.model_path={gguf}: llama.cpp could not load it: {first_line(e)}") from e
         try:
             n_vocab = _check_vocabulary(self._lib, llm, tokenizer, str(gguf), self.cfg.model.name_or_path)
         except BaseException:
@@ -389,7 +389,7 @@ class LlamaCppBackend(LoadedTokenizer):
                 return tokenizer, _gguf_config_dir(local, gguf)
             tokenizer = AutoTokenizer.from_pretrained(hf_dir, **common)
         except (OSError, ValueError, ImportError) as e:
-            raise LemError(f"model.name_or_path={model_cfg.name_or_path}: could not load its tokenizer: {_first_line(e)}") from e
+            raise LemError(f"model.name_or_path={model_cfg.name_or_path}: could not load its tokenizer: {first_line(e)}") from e
         return tokenizer, hf_dir
 
     def _check_passthrough(self, kwargs: dict[str, Any]) -> None:
@@ -509,8 +509,3 @@ def _gguf_config_dir(directory: Path, gguf: Path) -> str | None:
     except (OSError, ValueError, ImportError, KeyError):
         return None  # FLOPs then say why they are missing
     return str(target)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

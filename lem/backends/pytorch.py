@@ -11,12 +11,12 @@ import gc
 import platform
 import time
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration
+from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration, check_requests_fit
+from lem.backends.hf_files import hub_revision
 from lem.config import Device, DType, LemConfig, Quantization, ShardingStrategy, resolve_device
-from lem.errors import LemError
+from lem.errors import LemError, first_line
 from lem.workload.types import GenerationParams, PreparedRequest
 
 if TYPE_CHECKING:
@@ -85,8 +85,9 @@ class PyTorchBackend(LoadedTokenizer):
         self._model_path = path
         pt = self.cfg.backend.pytorch
         common: dict[str, Any] = {"trust_remote_code": model_cfg.trust_remote_code}
-        if model_cfg.revision and not Path(path).is_dir():
-            common["revision"] = model_cfg.revision
+        revision = hub_revision(model_cfg, path)
+        if revision:
+            common["revision"] = revision
         kwargs: dict[str, Any] = dict(common, dtype=self._load_dtype(), attn_implementation=pt.attn_implementation.value)
         quant = self.cfg.precision.quantization
         if quant is not Quantization.none:
@@ -104,8 +105,7 @@ class PyTorchBackend(LoadedTokenizer):
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", **common)
         except (OSError, ValueError, ImportError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LemError(f"model.name_or_path={model_cfg.name_or_path}: could not load it: {first_line}") from e
+            raise LemError(f"model.name_or_path={model_cfg.name_or_path}: could not load it: {first_line(e)}") from e
         if self._device.type == "cpu" and sharding.strategy is not ShardingStrategy.tensor_parallel:
             model.to(self._device)
         model.eval()
@@ -135,9 +135,7 @@ class PyTorchBackend(LoadedTokenizer):
         if not batch:
             return []
         model = self._require_model()
-        for req in batch:
-            if not req.input_ids:
-                raise LemError(f"request {req.request_id} has no input tokens; every prompt needs at least one")
+        check_requests_fit(batch, params.max_output_tokens)
         # Left padding: every row's last prompt token sits in the same column, so decoding starts together.
         width = max(len(r.input_ids) for r in batch)
         input_ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)

@@ -26,10 +26,11 @@ import time
 from enum import Enum
 from typing import Any, Iterator, Sequence
 
-from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration
-from lem.backends.hf_files import context_length
+from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration, check_requests_fit, serve_together
+from lem.backends.cuda import cuda_device_names, empty_cuda_cache
+from lem.backends.hf_files import context_length, hub_revision
 from lem.config import LemConfig, TensorRTRuntime, engine_parallel_sizes
-from lem.errors import ConfigError, LemError
+from lem.errors import ConfigError, LemError, first_line
 from lem.workload.types import GenerationParams, PreparedRequest
 
 _DONE = object()  # the worker thread's last message
@@ -59,8 +60,9 @@ def tensorrt_llm_args(cfg: LemConfig, model_path: str, llmapi: Any) -> dict[str,
         "pipeline_parallel_size": pp,
         "kv_cache_config": llmapi.KvCacheConfig(**kv_cache),
     }
-    if cfg.model.revision and not _is_local_dir(model_path):
-        args["revision"] = cfg.model.revision
+    revision = hub_revision(cfg.model, model_path)
+    if revision:
+        args["revision"] = revision
     if t.runtime is TensorRTRuntime.trt_engine:
         # Engine shapes are fixed when the engine is built: the limits belong to its BuildConfig.
         build = {k: v for k, v in limits.items() if v is not None}
@@ -141,23 +143,13 @@ class TensorRTBackend(LoadedTokenizer):
         try:
             self._llm = llm_class(**self._llm_args)
         except (ValueError, TypeError) as e:  # TensorRT-LLM's argument and model checks
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LemError(f"backend=tensorrt: TensorRT-LLM refused to start the engine: {first_line}") from e
+            raise LemError(f"backend=tensorrt: TensorRT-LLM refused to start the engine: {first_line(e)}") from e
 
     def serve(
         self, requests: Sequence[PreparedRequest], arrival_times: Sequence[float], params: GenerationParams
     ) -> Iterator[RawGeneration]:
         llm = self._require_llm()
-        max_seq_len = self._max_seq_len()
-        for request in requests:
-            if not request.input_ids:
-                raise LemError(f"request {request.request_id} has no input tokens; every prompt needs at least one")
-            if max_seq_len is not None and request.input_tokens + params.max_output_tokens > max_seq_len:
-                raise LemError(
-                    f"request {request.request_id} needs {request.input_tokens + params.max_output_tokens} tokens "
-                    f"(prompt + max_output_tokens) but the engine holds max_seq_len={max_seq_len}; "
-                    "raise backend.tensorrt.max_seq_len or set run.reuse_engine=false"
-                )
+        check_requests_fit(requests, params.max_output_tokens, self._max_seq_len(), "backend.tensorrt.max_seq_len")
         if not requests:
             return
         finished: queue.Queue[Any] = queue.Queue()
@@ -175,10 +167,7 @@ class TensorRTBackend(LoadedTokenizer):
             worker.stop()
 
     def generate(self, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
-        """Serve one batch at once (warmup); one RawGeneration per request, in input order."""
-        now = time.perf_counter()
-        done = {raw.request_id: raw for raw in self.serve(batch, [now] * len(batch), params)}
-        return [done[request.request_id] for request in batch]
+        return serve_together(self, batch, params)
 
     def synchronize(self) -> None:
         """Nothing to wait for: a streamed token reaches lem only after the executor produced it on the
@@ -206,7 +195,7 @@ class TensorRTBackend(LoadedTokenizer):
             engine="tensorrt",
             engine_version=f"tensorrt_llm {version}",
             device_type="cuda",
-            device_names=_cuda_device_names(tp * pp),
+            device_names=cuda_device_names(tp * pp),
             dtype=dtype,
             num_threads=None,
             extra=extra,
@@ -218,12 +207,7 @@ class TensorRTBackend(LoadedTokenizer):
             llm.shutdown()  # stops the executor and its worker processes now, not at exit
         del llm
         gc.collect()
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
-
-    # -- protocol properties --------------------------------------------------------------
+        empty_cuda_cache()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -368,17 +352,3 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "__dict__"):
         return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
     return repr(value)
-
-
-def _is_local_dir(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).is_dir()
-
-
-def _cuda_device_names(n: int) -> list[str]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    return [torch.cuda.get_device_name(i) for i in range(min(n, torch.cuda.device_count()))]

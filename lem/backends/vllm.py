@@ -24,10 +24,11 @@ import time
 from collections import deque
 from typing import Any, Iterator, Sequence
 
-from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration
-from lem.backends.hf_files import context_length
+from lem.backends.base import EngineDescription, LoadedTokenizer, RawGeneration, check_requests_fit, serve_together
+from lem.backends.cuda import cuda_device_names, empty_cuda_cache
+from lem.backends.hf_files import context_length, hub_revision
 from lem.config import LemConfig, engine_parallel_sizes
-from lem.errors import ConfigError, LemError
+from lem.errors import ConfigError, LemError, first_line
 from lem.workload.types import GenerationParams, PreparedRequest
 
 REQUEST_ID_PREFIX = "lem-"
@@ -54,8 +55,9 @@ def vllm_engine_args(cfg: LemConfig, model_path: str) -> dict[str, Any]:
         # Stats on: RequestOutput.metrics then carries the engine's own scheduling timestamps.
         "disable_log_stats": False,
     }
-    if cfg.model.revision and not _is_local_dir(model_path):
-        args["revision"] = cfg.model.revision
+    revision = hub_revision(cfg.model, model_path)
+    if revision:
+        args["revision"] = revision
     for name in ("max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching", "quantization", "speculative_config"):
         value = getattr(v, name)
         if value is not None:
@@ -133,27 +135,15 @@ class VllmBackend(LoadedTokenizer):
         try:
             self._llm = self._vllm.LLM(**self._engine_args)
         except (ValueError, TypeError) as e:  # vLLM's argument and model checks
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise LemError(f"backend=vllm: vLLM refused to start the engine: {first_line}") from e
+            raise LemError(f"backend=vllm: vLLM refused to start the engine: {first_line(e)}") from e
 
     def serve(
         self, requests: Sequence[PreparedRequest], arrival_times: Sequence[float], params: GenerationParams
     ) -> Iterator[RawGeneration]:
         engine = self._require_engine().llm_engine
         sampling = self._sampling_params(params)
-        max_model_len = self._engine_args.get("max_model_len")
-        by_key: dict[str, tuple[PreparedRequest, float]] = {}
-        for request, arrival in zip(requests, arrival_times, strict=True):
-            if not request.input_ids:
-                raise LemError(f"request {request.request_id} has no input tokens; every prompt needs at least one")
-            if max_model_len is not None and request.input_tokens + params.max_output_tokens > max_model_len:
-                # Possible when an engine loaded for an earlier job is reused with longer prompts or outputs.
-                raise LemError(
-                    f"request {request.request_id} needs {request.input_tokens + params.max_output_tokens} tokens "
-                    f"(prompt + max_output_tokens) but the engine holds max_model_len={max_model_len}; "
-                    "raise backend.vllm.max_model_len or set run.reuse_engine=false"
-                )
-            by_key[REQUEST_ID_PREFIX + str(request.request_id)] = (request, arrival)
+        check_requests_fit(requests, params.max_output_tokens, self._engine_args.get("max_model_len"), "backend.vllm.max_model_len")
+        by_key = {REQUEST_ID_PREFIX + str(r.request_id): (r, arrival) for r, arrival in zip(requests, arrival_times, strict=True)}
         pending = deque(sorted(by_key, key=lambda key: by_key[key][1]))
         live: dict[str, _Stream] = {}
         try:
@@ -190,10 +180,7 @@ class VllmBackend(LoadedTokenizer):
                 engine.abort_request(list(live))  # a consumer that stopped early leaves nothing running
 
     def generate(self, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
-        """Serve one batch at once (warmup); one RawGeneration per request, in input order."""
-        now = time.perf_counter()
-        done = {raw.request_id: raw for raw in self.serve(batch, [now] * len(batch), params)}
-        return [done[request.request_id] for request in batch]
+        return serve_together(self, batch, params)
 
     def synchronize(self) -> None:
         """Nothing to wait for: each step's outputs are on the host (the GPU work behind them is done)
@@ -224,7 +211,7 @@ class VllmBackend(LoadedTokenizer):
             engine="vllm",
             engine_version=f"vllm {version}",
             device_type="cuda",
-            device_names=_cuda_device_names(tp * pp),
+            device_names=cuda_device_names(tp * pp),
             dtype=dtype,
             num_threads=None,
             extra=extra,
@@ -237,9 +224,7 @@ class VllmBackend(LoadedTokenizer):
             engine_core.shutdown()  # stops the engine-core process and its GPU workers now, not at exit
         del llm
         gc.collect()
-        _empty_cuda_cache()
-
-    # -- protocol properties --------------------------------------------------------------
+        empty_cuda_cache()
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -295,24 +280,3 @@ class _Stream:
 def _perf_counter_is_monotonic() -> bool:
     # On Linux both are clock_gettime(CLOCK_MONOTONIC), one system-wide clock across processes.
     return time.get_clock_info("perf_counter").implementation == time.get_clock_info("monotonic").implementation
-
-
-def _is_local_dir(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).is_dir()
-
-
-def _cuda_device_names(n: int) -> list[str]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    return [torch.cuda.get_device_name(i) for i in range(min(n, torch.cuda.device_count()))]
-
-
-def _empty_cuda_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
