@@ -10,8 +10,14 @@ import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+
+from lem.config import BackendName, LemConfig
+from lem.pipeline import PhaseClock, _serve, generation_params
+from lem.workload.prepare import prepare_requests
+from lem.workload.types import GenerationParams, Prompt
 
 STANDINS_DIR = Path(__file__).resolve().parent / "standins"
 
@@ -31,3 +37,48 @@ def uninstall(package: str) -> None:
         file = getattr(sys.modules[name], "__file__", None)
         if file and Path(file).resolve().is_relative_to(STANDINS_DIR):
             del sys.modules[name]
+
+
+# --- running an adapter on a stand-in ---------------------------------------------------------------
+
+PROMPTS = [
+    "what is the capital of france ?",
+    "one two three",
+    "the quick brown fox jumps over the lazy dog .",
+    "hello",
+    "measure the power , the latency and the throughput of every run !",
+    "a language model predicts the next token",
+]
+
+
+def engine_cfg(model_dir: Path, backend: BackendName, **engine_overrides: Any) -> LemConfig:
+    """A config for ``backend`` on ``model_dir``, with ``backend.<backend>.*`` fields overridden."""
+    cfg = LemConfig()
+    cfg.model.name_or_path = str(model_dir)
+    cfg.backend.name = backend
+    cfg.dataset.max_input_tokens = 64
+    cfg.dataset.max_output_tokens = 16
+    for key, value in engine_overrides.items():
+        setattr(getattr(cfg.backend, backend.value), key, value)
+    return cfg
+
+
+def loaded_backend(cfg: LemConfig) -> Any:
+    from lem.backends import create_backend
+
+    backend = create_backend(cfg)
+    backend.init_engine()
+    backend.load_model()
+    return backend
+
+
+def prepared(backend: Any, cfg: LemConfig, texts: list[str] = PROMPTS) -> list[Any]:
+    return prepare_requests([Prompt(i, t) for i, t in enumerate(texts)], backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens)
+
+
+def serve_records(backend: Any, cfg: LemConfig, requests: Any, offsets_s: Any, params: GenerationParams | None = None) -> tuple[list[Any], PhaseClock]:
+    """Serve through the pipeline's own ``_serve``: the records lem would write, and the phase clock."""
+    clock = PhaseClock()
+    params = params or generation_params(cfg)
+    records = [record for batch in _serve(backend, requests, offsets_s, cfg, params, clock) for record in batch]
+    return records, clock

@@ -20,25 +20,14 @@ import pytest
 
 from lem.config import ArrivalProcess, BackendName, DType, FlopsStrategy, LemConfig, ShardingStrategy, validate
 from lem.errors import ConfigError, LemError
-from lem.pipeline import PhaseClock, _serve, generation_params
-from lem.workload.prepare import prepare_requests
+from lem.pipeline import generation_params
 from lem.workload.traffic import arrival_offsets_s
-from lem.workload.types import GenerationParams, Prompt
+from lem.workload.types import GenerationParams
 from tests import engine_standins
+from tests.engine_standins import PROMPTS, engine_cfg, loaded_backend, prepared, serve_records
 from tests.tiny_model import EOS_ID, make_tiny_model_dir
 
 REAL_VLLM = importlib.util.find_spec("vllm") is not None  # looked up before any stand-in is on sys.path
-REPO = Path(__file__).resolve().parent.parent
-
-PROMPTS = [
-    "what is the capital of france ?",
-    "one two three",
-    "the quick brown fox jumps over the lazy dog .",
-    "hello",
-    "measure the power , the latency and the throughput of every run !",
-    "a language model predicts the next token",
-]
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -55,34 +44,7 @@ def vllm(monkeypatch: pytest.MonkeyPatch):
 
 
 def make_cfg(model_dir: Path, **vllm_overrides) -> LemConfig:
-    cfg = LemConfig()
-    cfg.model.name_or_path = str(model_dir)
-    cfg.backend.name = BackendName.vllm
-    cfg.dataset.max_input_tokens = 64
-    cfg.dataset.max_output_tokens = 16
-    for key, value in vllm_overrides.items():
-        setattr(cfg.backend.vllm, key, value)
-    return cfg
-
-
-def loaded_backend(cfg: LemConfig):
-    from lem.backends import create_backend
-
-    backend = create_backend(cfg)
-    backend.init_engine()
-    backend.load_model()
-    return backend
-
-
-def prepared(backend, cfg: LemConfig, texts: list[str] = PROMPTS):
-    return prepare_requests([Prompt(i, t) for i, t in enumerate(texts)], backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens)
-
-
-def serve_records(backend, cfg: LemConfig, requests, offsets_s, params: GenerationParams | None = None):
-    clock = PhaseClock()
-    params = params or generation_params(cfg)
-    records = [record for batch in _serve(backend, requests, offsets_s, cfg, params, clock) for record in batch]
-    return records, clock
+    return engine_cfg(model_dir, BackendName.vllm, **vllm_overrides)
 
 
 def natural_length(input_ids) -> int:
