@@ -29,6 +29,7 @@ from tests.tiny_model import EOS_ID, make_tiny_model_dir
 
 REAL_VLLM = importlib.util.find_spec("vllm") is not None  # looked up before any stand-in is on sys.path
 
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
