@@ -225,20 +225,50 @@ _KILLED_AFTER_ASK = """
 import os, signal, sys
 import optuna
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState
 from lem.search.study import _ask
 study = optuna.load_study(study_name="s", storage=sys.argv[1])
+_ask(study, {"batching.batch_size": CategoricalDistribution((1, 2, 4, 8, 16, 32))})
+os.kill(os.getpid(), signal.SIGKILL)  # the trial is RUNNING: killed before anything else is written
+"""
+
+_ASKS = """
+import sys
+import optuna
+from optuna.distributions import CategoricalDistribution
+from lem.search.study import _ask, _open_storage
+study = optuna.load_study(study_name="s", storage=_open_storage(sys.argv[1]))
 space = {"batching.batch_size": CategoricalDistribution((1, 2, 4, 8, 16, 32))}
-if sys.argv[2] == "after-ask":
-    _ask(study, space)  # the trial is RUNNING: killed before anything else is written
-else:
-    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"lem.worker": {"host": "h", "pid": os.getpid()}}))
-os.kill(os.getpid(), signal.SIGKILL)
+print(" ".join(str(_ask(study, space).number) for _ in range(int(sys.argv[2]))))
 """
 
 
-@pytest.mark.parametrize("moment", ["after-ask", "before-ask"])
-def test_a_worker_killed_right_at_ask_leaves_no_trial_that_counts_for_ever(tmp_path: Path, moment: str) -> None:
+def test_workers_asking_at_once_never_get_the_same_trial(tmp_path: Path) -> None:
+    """Several workers on one SQLite study ask together: each trial goes to one worker, named after it."""
+    import optuna
+
+    from lem.search.study import ATTR_WORKER
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="s", storage=storage)
+    workers = [
+        subprocess.Popen([sys.executable, "-c", _ASKS, storage, "15"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    numbers_by_pid = {}
+    for w in workers:
+        out, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err[-2000:]
+        numbers_by_pid[w.pid] = [int(n) for n in out.split()]
+    every_number = [n for numbers in numbers_by_pid.values() for n in numbers]
+    assert len(every_number) == 60 and len(set(every_number)) == 60
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert len(trials) == 60
+    for pid, numbers in numbers_by_pid.items():
+        assert {trials[n].user_attrs[ATTR_WORKER]["pid"] for n in numbers} == {pid}
+        assert all(set(trials[n].params) == {"batching.batch_size"} for n in numbers)
+
+
+def test_a_worker_killed_right_after_ask_leaves_no_trial_that_counts_for_ever(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
     from lem.search.study import ATTR_DUPLICATE_OF, ATTR_INTERRUPTED, run_study
@@ -246,7 +276,7 @@ def test_a_worker_killed_right_at_ask_leaves_no_trial_that_counts_for_ever(tmp_p
     sampler = {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
     space = _space(1, 2, 4, 8, 16, 32)
     run_study(_settings(tmp_path, n_trials=1), space, {}, FakeLaunch(), sampler_cfg=sampler, echo=lambda _: None)
-    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_ASK, f"sqlite:///{tmp_path}/optuna.db", moment], capture_output=True, text=True)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_ASK, f"sqlite:///{tmp_path}/optuna.db"], capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
 
     result = run_study(_settings(tmp_path, n_trials=3), space, {}, FakeLaunch(), sampler_cfg=sampler, echo=lambda _: None)
@@ -254,10 +284,7 @@ def test_a_worker_killed_right_at_ask_leaves_no_trial_that_counts_for_ever(tmp_p
     complete = [t for t in trials if t.state == TrialState.COMPLETE and ATTR_DUPLICATE_OF not in t.user_attrs]
     assert len(complete) == 3
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    if moment == "after-ask":  # the killed process's trial: failed as interrupted, not counted
-        assert trials[1].state == TrialState.FAIL and trials[1].user_attrs[ATTR_INTERRUPTED]
-    else:  # its queued trial was simply the next one asked for, and measured
-        assert trials[1].state == TrialState.COMPLETE
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs[ATTR_INTERRUPTED]  # the killed process's, not counted
 
 
 def test_a_study_refuses_a_different_workload(tmp_path: Path) -> None:

@@ -463,25 +463,41 @@ def run_study(
 
 
 def _ask(study: Any, distributions: Mapping[str, Any]) -> Any:
-    """``study.ask`` for a trial that names this process (``ATTR_WORKER``) from the moment it runs.
+    """``study.ask`` for a trial that names this process (``ATTR_WORKER``) from the moment it exists.
 
     A trial that became RUNNING without that name (the process killed between ``ask`` and
     ``set_user_attr``) could never be recognised as stale, and would count as measured for ever.
-    So the name goes into a WAITING trial first, which ``ask`` then pops: the pop and the name are
-    one write. Where a WAITING trial is already queued (one a killed worker left, or one the user
-    enqueued), ``ask`` pops that one instead, and none is added. Another worker sharing the study
-    may pop the trial first, so the name is corrected after the pop.
+    So the trial is created RUNNING with the name already in it: one insert, one transaction, as
+    ``Study.ask`` itself creates a trial (a private path of Optuna's). Queuing a named WAITING trial
+    for ``ask`` to pop is not safe instead: on SQLite two workers can pop the same WAITING trial
+    (Optuna's pop reads, then writes, and SQLite takes no row lock), and both then measure it.
     """
     import optuna
-    from optuna.trial import TrialState
 
     me = _worker()
-    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={ATTR_WORKER: me}))
-    trial = study.ask(fixed_distributions=dict(distributions))
-    if trial.user_attrs.get(ATTR_WORKER) != me:
+    storage, study_id = getattr(study, "_storage", None), getattr(study, "_study_id", None)
+    local = getattr(study, "_thread_local", None)
+    if storage is None or study_id is None or not hasattr(local, "cached_all_trials"):
+        trial = study.ask(fixed_distributions=dict(distributions))  # an Optuna without that path
         trial.set_user_attr(ATTR_WORKER, me)
+        return trial
+    local.cached_all_trials = None  # what ``ask`` does: the sampler sees every trial so far
+    template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs={ATTR_WORKER: me})
+    trial = optuna.trial.Trial(study, storage.create_new_trial(study_id, template_trial=template))
+    for name, distribution in distributions.items():
+        _suggest(trial, name, distribution)
     return trial
+
+
+def _suggest(trial: Any, name: str, distribution: Any) -> Any:
+    """The public ``suggest_*`` call for one of the distributions ``lem.search.space`` builds."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
+    return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
 
 
 def _tell_duplicate(study: Any, trial: Any, earlier: Any) -> None:
