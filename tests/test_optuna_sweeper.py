@@ -268,6 +268,41 @@ def test_workers_asking_at_once_never_get_the_same_trial(tmp_path: Path) -> None
         assert all(set(trials[n].params) == {"batching.batch_size"} for n in numbers)
 
 
+class _StudyWithoutInternals:
+    """A study as an Optuna without ``_storage``/``_study_id``/``_thread_local`` would show it to ``_ask``."""
+
+    def __init__(self, study: Any) -> None:
+        self.ask = study.ask
+
+
+@pytest.mark.parametrize("internals", [True, False], ids=["one-insert", "fallback-ask"])
+def test_an_asked_trial_is_running_named_and_suggested_with_or_without_optunas_internals(
+    internals: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from lem.search.study import ATTR_WORKER, _ask
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = {
+        "batching.batch_size": CategoricalDistribution((1, 2, 4)),
+        "decoder.max_new_tokens": IntDistribution(8, 64, step=8),
+        "traffic.rate": FloatDistribution(0.5, 8.0, log=True),
+    }
+    asker = _StudyWithoutInternals(study)
+    if internals:  # the one-insert path must not go through ``ask`` (it would pop WAITING trials)
+        monkeypatch.setattr(study, "ask", lambda *a, **k: pytest.fail("_ask called study.ask"))
+    trial = _ask(study if internals else asker, space)
+    frozen = study.trials[trial.number]
+    assert frozen.state == optuna.trial.TrialState.RUNNING
+    assert frozen.user_attrs[ATTR_WORKER] == {"host": __import__("socket").gethostname(), "pid": os.getpid()}
+    assert frozen.params["batching.batch_size"] in (1, 2, 4)
+    assert frozen.params["decoder.max_new_tokens"] in range(8, 65, 8)
+    assert 0.5 <= frozen.params["traffic.rate"] <= 8.0
+    assert frozen.distributions == space
+
+
 def test_a_worker_killed_right_after_ask_leaves_no_trial_that_counts_for_ever(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
