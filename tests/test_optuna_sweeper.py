@@ -290,10 +290,11 @@ def test_an_asked_trial_is_running_named_and_suggested_with_or_without_optunas_i
         "decoder.max_new_tokens": IntDistribution(8, 64, step=8),
         "traffic.rate": FloatDistribution(0.5, 8.0, log=True),
     }
-    asker = _StudyWithoutInternals(study)
     if internals:  # the one-insert path must not go through ``ask`` (it would pop WAITING trials)
         monkeypatch.setattr(study, "ask", lambda *a, **k: pytest.fail("_ask called study.ask"))
-    trial = _ask(study if internals else asker, space)
+        trial = _ask(study, space)
+    else:
+        trial = _ask(_StudyWithoutInternals(study), space)
     frozen = study.trials[trial.number]
     assert frozen.state == optuna.trial.TrialState.RUNNING
     assert frozen.user_attrs[ATTR_WORKER] == {"host": __import__("socket").gethostname(), "pid": os.getpid()}
