@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from lem import __version__
 from lem.config import DatasetSource, Device, LemConfig, ReportFormat, ShardingStrategy, resolve_device
-from lem.results.schema import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
+from lem.records import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
 from lem.workload.scheduler import ScheduledBatch, open_loop_batches
 from lem.workload.traffic import arrival_offsets_s
 from lem.workload.types import GenerationParams

@@ -11,7 +11,7 @@ import pytest
 
 from lem.results.aggregate import summarize
 from lem.results.reader import RawProcessRecords
-from lem.results.schema import (
+from lem.records import (
     EndRecord,
     EnergyReading,
     FlopsRecord,

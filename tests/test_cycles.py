@@ -9,7 +9,7 @@ import pytest
 
 from lem.results.aggregate import summarize
 from lem.results.cycles import mean_std_ci95, t975
-from lem.results.schema import EnergyReading, FlopsRecord, PhaseRecord
+from lem.records import EnergyReading, FlopsRecord, PhaseRecord
 from tests.test_aggregate import proc, req
 
 

@@ -18,6 +18,7 @@ import lem.models.embedded as embedded
 import lem.models.resolve as resolve
 from lem.config import EMBEDDED_MODEL, ModelConfig
 from lem.errors import ConfigError, LemError
+from lem.files import cache_root
 from lem.models.__main__ import main as models_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,12 +38,12 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_cache_root_prefers_lem_cache_dir_then_xdg_then_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LEM_CACHE_DIR", str(tmp_path / "lem"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert embedded.cache_root() == tmp_path / "lem"
+    assert cache_root() == tmp_path / "lem"
     monkeypatch.delenv("LEM_CACHE_DIR")
-    assert embedded.cache_root() == tmp_path / "xdg" / "lem"
+    assert cache_root() == tmp_path / "xdg" / "lem"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert embedded.cache_root() == tmp_path / "home" / ".cache" / "lem"
+    assert cache_root() == tmp_path / "home" / ".cache" / "lem"
 
 
 def test_cache_dir_is_versioned_by_the_package(cache: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import lem.measure.memory as memory
 from lem.measure.memory import PeakMemory
-from lem.results.schema import MemoryRecord
+from lem.records import MemoryRecord
 
 MB = 1 << 20
 

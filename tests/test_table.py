@@ -7,7 +7,7 @@ from pathlib import Path
 from lem.report.table import DASH, fmt_bytes, fmt_num, render_summary
 from lem.results.aggregate import summarize
 from lem.results.reader import RawProcessRecords
-from lem.results.schema import EndRecord, EnergyReading, HeaderRecord, MemoryRecord, PhaseRecord, RequestRecord, to_json_dict
+from lem.records import EndRecord, EnergyReading, HeaderRecord, MemoryRecord, PhaseRecord, RequestRecord, to_json_dict
 
 
 def run_records(energy: list[EnergyReading]) -> RawProcessRecords:

@@ -16,7 +16,7 @@ import pytest
 
 from lem.errors import LemError
 from lem.results.reader import read_raw_file, read_run
-from lem.results.schema import (
+from lem.records import (
     EndRecord,
     EnergyReading,
     FlopsRecord,

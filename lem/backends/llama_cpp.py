@@ -495,7 +495,7 @@ def _eos_ids(tokenizer: Any, hf_dir: str) -> frozenset[int]:
 
 def _gguf_config_dir(directory: Path, gguf: Path) -> str | None:
     """A config.json read from the GGUF, cached for the FLOPs count; None when transformers cannot read it."""
-    from lem.models.embedded import cache_root
+    from lem.files import cache_root
 
     target = cache_root() / "gguf-configs" / f"{gguf.stem}-{gguf.stat().st_size}"
     if (target / "config.json").is_file():

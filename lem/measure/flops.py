@@ -57,7 +57,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from lem.results.schema import FlopsRecord
+from lem.records import FlopsRecord
 
 SOURCE_CALFLOPS = "calflops"
 SOURCE_ANALYTICAL = "analytical"
@@ -439,7 +439,7 @@ def _calflops_cache_file(config: Any, request: Mapping[str, Any]) -> Path | None
         import calflops  # noqa: F401 - its version is part of the key
         from importlib.metadata import version
 
-        from lem.models.embedded import cache_root
+        from lem.files import cache_root
 
         arch = config.to_json_string(use_diff=False)
         key = json.dumps([arch, request["lengths"], request["decode_kv_tokens"], version("calflops"), version("transformers")])
@@ -457,11 +457,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    from lem.files import write_json_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        write_json_atomic(path, data)
     except OSError:
         pass  # a read-only cache only costs the next run a recount
 

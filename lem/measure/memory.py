@@ -2,7 +2,7 @@
 
     with PeakMemory() as peak:
         ...                      # the measured work
-    record = peak.record         # lem.results.schema.MemoryRecord
+    record = peak.record         # lem.records.MemoryRecord
 
 Process RSS has two sources. The kernel's own high-water mark (``getrusage`` ru_maxrss) is
 exact but cannot be reset, so it describes this window only when it rose during the
@@ -19,7 +19,7 @@ import sys
 import threading
 from types import TracebackType
 
-from lem.results.schema import MemoryRecord
+from lem.records import MemoryRecord
 
 
 def _ru_maxrss_bytes() -> int | None:

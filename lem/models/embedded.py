@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lem.errors import LemError
+from lem.files import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,6 @@ def _package_version() -> str:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"  # found on sys.path without metadata (e.g. a vendored copy)
-
-
-def cache_root() -> Path:
-    """lem's cache: $LEM_CACHE_DIR, else $XDG_CACHE_HOME/lem, else ~/.cache/lem."""
-    if os.environ.get("LEM_CACHE_DIR"):
-        return Path(os.environ["LEM_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "lem"
-    return Path.home() / ".cache" / "lem"
 
 
 def embedded_model_dir(package_version: str | None = None) -> Path:

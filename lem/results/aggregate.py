@@ -17,7 +17,7 @@ from lem.results.cycles import cycles_section
 from lem.results.energy import energy_of, energy_section, utilisation_section
 from lem.results.latency import distribution, request_latencies
 from lem.results.reader import RawProcessRecords
-from lem.results.schema import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
+from lem.records import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
 
 HOST_SHARED_COMPONENTS = frozenset({"cpu", "dram", "system"})  # one physical meter per host
 MIN_WINDOW_S = 5.0  # below this the energy counters' resolution dominates the figure

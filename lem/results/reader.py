@@ -1,7 +1,7 @@
 """Read raw JSON-lines records back, tolerating what a killed process leaves behind.
 
 Records come back as plain dicts (the JSON as written) so that a reader never loses a field
-that a newer writer added; ``lem.results.schema`` documents what the fields mean.
+that a newer writer added; ``lem.records`` documents what the fields mean.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lem.errors import LemError
-from lem.results.schema import RAW_SCHEMA_VERSION
+from lem.records import RAW_SCHEMA_VERSION
 
 SUPPORTED_RAW_VERSIONS: tuple[str, ...] = (RAW_SCHEMA_VERSION,)
 _PROCESS_FILE = re.compile(r"^process-(\d+)\.jsonl$")

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from lem.errors import LemError
-from lem.results.schema import to_json_dict
+from lem.records import to_json_dict
 
 
 def raw_path(run_dir: str | os.PathLike[str], process_index: int) -> Path:
@@ -31,7 +31,7 @@ def encode_record(record: Any) -> str:
     elif isinstance(record, dict):
         obj = record
     else:
-        raise TypeError(f"expected a lem.results.schema record or a dict, got {type(record).__name__}")
+        raise TypeError(f"expected a lem.records record or a dict, got {type(record).__name__}")
     if "kind" not in obj:
         raise ValueError(f"record has no 'kind' field: {sorted(obj)}")
     try:

@@ -9,13 +9,12 @@ it is younger than ``energy.idle_baseline_cache_max_age_s``.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from lem.results.schema import IdleBaselineRecord, IdlePower
+from lem.files import write_json_atomic
+from lem.records import IdleBaselineRecord, IdlePower
 
 CACHE_FILE = "idle_baseline.json"
 FORMAT = 1
@@ -23,7 +22,7 @@ FORMAT = 1
 
 def cache_path(cache_dir: str | Path | None = None) -> Path:
     if cache_dir is None:
-        from lem.models.embedded import cache_root
+        from lem.files import cache_root
 
         cache_dir = cache_root()
     return Path(cache_dir) / CACHE_FILE
@@ -71,9 +70,6 @@ def save(fp: str, record: IdleBaselineRecord, cache_dir: str | Path | None = Non
             "measured_unix_s": record.measured_unix_s,
             "power": [vars(p) for p in record.power],
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".idle_baseline.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
+        write_json_atomic(path, data, indent=1)
     except OSError:
         pass  # a read-only cache costs a re-measurement next time, nothing else

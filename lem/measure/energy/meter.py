@@ -32,7 +32,7 @@ from lem.errors import LemError
 from lem.measure.energy import baseline as baseline_cache
 from lem.measure.energy.arithmetic import mean_std, net_of_idle, trapezoid_j
 from lem.measure.energy.sources import Channel, Key, Sample, Source
-from lem.results.schema import (
+from lem.records import (
     EnergyMeterRecord,
     EnergyReading,
     EnergyWindowRecord,
