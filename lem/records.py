@@ -25,6 +25,9 @@ PHASE_ORDER: tuple[str, ...] = ("engine_init", "model_load", "warmup", "generati
 # Where a figure came from. None means nothing measured it (the value is null too).
 EnergySource = Literal["counter", "sampled", "rapl", "estimated"]
 
+# NVML throttle reasons (as lem names them in records) that mean the GPU ran slower than it could.
+THROTTLING = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"})
+
 
 @dataclass
 class HeaderRecord:

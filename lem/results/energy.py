@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from lem.measure.energy.arithmetic import cumulative_at, mean_std, trapezoid_j
+from lem.records import THROTTLING
 from lem.results.reader import RawProcessRecords
 
 MEASURED_SOURCES = frozenset({"counter", "sampled", "rapl"})  # read from a sensor
 ESTIMATED_SOURCE = "estimated"  # a model (e.g. CodeCarbon's TDP × load), not a sensor
 WHOLE_SYSTEM_COMPONENTS = frozenset({"system"})  # overlaps gpu/cpu/dram: never summed with them
 PHASE_SUM_TOLERANCE = 0.005  # phases must add up to the run window within 0.5 %
-THROTTLING = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"})
 J_PER_KWH = 3.6e6
 _SUMMED = ("energy_j", "net_energy_j", "sampled_energy_j", "idle_power_w")  # per-group sums; None if any reading lacks it
 

@@ -492,7 +492,7 @@ class EnergyMeter:
         return window
 
     def _window_warnings(self, window: Window) -> list[str]:
-        from lem.measure.energy.nvml import THROTTLING
+        from lem.records import THROTTLING
 
         out = []
         for r in window.readings:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lem.errors import LemError
+from lem.records import THROTTLING
 from lem.measure.energy.sources import Channel, Key, Sample, Source
 
 INSTALL = "pip install nvidia-ml-py"
@@ -37,7 +38,6 @@ THROTTLE_REASONS: dict[int, str] = {
     0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
 }
-THROTTLING = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"})
 
 _VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
