@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from lem.errors import LemError
-from lem.records import THROTTLING
 from lem.measure.energy.sources import Channel, Key, Sample, Source
 
 INSTALL = "pip install nvidia-ml-py"
