@@ -30,10 +30,10 @@ NUM_THREADS = int(os.environ.get("LEM_BENCH_THREADS", "2"))
 def main() -> None:
     import torch
 
-    from lem.backends.pytorch import PyTorchBackend
-    from lem.config import Device, LemConfig
-    from lem.measure.energy import EnergyMeter
-    from lem.pipeline import PhaseClock, _serve, generation_params
+    from lem.backends.pytorch.engine import PyTorchBackend
+    from lem.config.schema import LemConfig
+    from lem.config.types import Device
+    from lem.pipeline import PhaseClock, _energy_meter, _serve, generation_params
     from lem.workload.traffic import arrival_offsets_s
     from lem.results.writer import RawWriter
     from lem.workload.batching import plan_batches
@@ -69,7 +69,7 @@ def main() -> None:
         padded.append((ids, mask, width))
 
     offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
-    meter = EnergyMeter.from_config(cfg.energy).start()  # sampler thread on, as in a measured run
+    meter = _energy_meter(cfg.energy, None, None, True).start()  # sampler thread on, as in a measured run
 
     def run_lem(tmp: Path, rep: int) -> tuple[float, int]:
         clock = PhaseClock()

@@ -10,22 +10,41 @@ with ``python -m lem.summarize RUN_DIR``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from lem import __version__
-from lem.config import DatasetSource, Device, LemConfig, ReportFormat, ShardingStrategy, resolve_device
+from lem.backends.registry import create_engine
+from lem.config.rules import resolve_device
+from lem.config.schema import EnergyConfig, LemConfig
+from lem.config.types import DatasetSource, Device, ReportFormat, ShardingStrategy
 from lem.records import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
+from lem.workload.sharding import records_requests, shard_requests
 from lem.workload.scheduler import ScheduledBatch, open_loop_batches
 from lem.workload.traffic import arrival_offsets_s
 from lem.workload.types import GenerationParams
 
+if TYPE_CHECKING:
+    from lem.launch.pool import EnginePool
+    from lem.launch.ranks import RankGroup
+    from lem.measure.energy import EnergyMeter
+
 SAMPLE_FLUSH_INTERVAL_S = 5.0  # how often the power timeline is appended to the raw file during generation
 RUN_WINDOW = "run"
+
+
+class SoloGroup:
+    """The rank group of a run in one process: rank 0 of 1, measuring the host, barriers that return at once."""
+
+    rank, size, local_rank, measures_host = 0, 1, 0, True
+
+    def barrier(self) -> None:
+        pass
 
 
 class PhaseClock:
@@ -72,20 +91,17 @@ def run_measurement(
     run_dir: Path,
     process_index: int = 0,
     world_size: int = 1,
-    engines: Any = None,
-    group: Any = None,
+    engines: EnginePool | None = None,
+    group: RankGroup | SoloGroup | None = None,
     summarize: bool = True,
 ) -> dict[str, Any] | None:
     """Run one measured job (or this process's rank of one) into ``run_dir``; return the summary dict.
 
-    ``engines`` (a ``lem.backends.pool.EnginePool``) lends an engine already loaded by an
+    ``engines`` (a ``lem.launch.pool.EnginePool``) lends an engine already loaded by an
     earlier job with the same engine settings; its setup phases are then not measured again.
-    ``group`` (a ``lem.distributed.RankGroup``) places this process among the ranks of a
+    ``group`` (a ``lem.launch.ranks.RankGroup``) places this process among the ranks of a
     sharded run; ``summarize=False`` leaves the summary to whoever waits for every rank.
     """
-    from lem.backends.pool import EnginePool
-    from lem.distributed import RankGroup, records_requests, shard_requests
-    from lem.measure.energy import EnergyMeter
     from lem.measure.memory import PeakMemory
     from lem.models.resolve import resolve_model_path
     from lem.results.writer import RawWriter
@@ -100,11 +116,10 @@ def run_measurement(
     # first-run conversion is not counted as model loading.
     resolve_model_path(cfg.model)
 
-    pool = engines if engines is not None else EnginePool(enabled=False)
-    group = group if group is not None else RankGroup()
+    group = group if group is not None else SoloGroup()
     clock = PhaseClock()
     cuda_indices = measured_cuda_indices(cfg, group.local_rank)
-    meter = EnergyMeter.from_config(cfg.energy, cuda_indices, t0=clock.t0, host_meters=group.measures_host)
+    meter = _energy_meter(cfg.energy, cuda_indices, t0=clock.t0, host_meters=group.measures_host)
     meter.validity_windows = {"generation"}  # setup phases are short by nature: only generation's length matters
     memory = PeakMemory()
     memory.start()
@@ -116,10 +131,10 @@ def run_measurement(
         baseline = meter.measure_idle()
 
         # Setup: engine init and model load, unless an identical engine is already loaded.
-        backend, reused = pool.take(cfg)
+        backend, reused = engines.take(cfg) if engines is not None else (None, False)
         setup_windows = []
         if backend is None:
-            backend = pool.create(cfg)
+            backend = engines.create(cfg) if engines is not None else create_engine(cfg)
             meter.begin_window("engine_init", also=(RUN_WINDOW,))
             backend.init_engine()
             meter.end_window("engine_init", backend.synchronize, begin_next="model_load")
@@ -129,6 +144,7 @@ def run_measurement(
         else:
             meter.begin_window("warmup", also=(RUN_WINDOW,))
 
+        _warn_unapplied_batching(cfg, backend)
         description = backend.describe()
         writer.open()
         writer.write(
@@ -164,8 +180,9 @@ def run_measurement(
         from lem.workload.batching import plan_batches
         from lem.workload.prepare import prepare_requests
 
-        requests = shard_requests(prepare_requests(prompts, backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens), cfg, group)
-        recording = records_requests(cfg, group)
+        requests = prepare_requests(prompts, backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens)
+        requests = shard_requests(requests, cfg.sharding, group.rank, group.size)
+        recording = records_requests(cfg.sharding, group.rank)
         params = generation_params(cfg)
         warmup_params = replace(
             params,
@@ -214,7 +231,7 @@ def run_measurement(
         writer.write(_count_flops(cfg, backend, description, records))
         writer.write(EndRecord(status="completed", end_s=clock.now_s()))
     except BaseException:
-        pool.discard(backend)
+        _unload(backend)  # a failed job may leave the engine in a bad state: never lend it again
         raise
     finally:
         meter.stop()
@@ -222,8 +239,30 @@ def run_measurement(
             memory.stop()
         writer.close()
 
-    pool.give_back(cfg, backend)
+    if engines is not None:
+        engines.give_back(cfg, backend)
+    else:
+        _unload(backend)
     return report_summary(cfg, run_dir) if summarize else None
+
+
+def _warn_unapplied_batching(cfg: LemConfig, backend: Any) -> None:
+    b = cfg.batching
+    if backend.scheduling == "serial" and (b.batch_size > 1 or b.strategy.value != "static"):
+        logging.getLogger("lem").warning(
+            "lem: backend=%s serves one request at a time in arrival order; batching=%s with batch_size=%d is "
+            "not applied (the run header records the scheduling; its records carry no batch)",
+            cfg.backend.name.value, b.strategy.value, b.batch_size,
+        )
+
+
+def _unload(backend: Any) -> None:
+    if backend is None:
+        return
+    try:
+        backend.unload()
+    except Exception:  # noqa: BLE001 - freeing memory must not mask the job's own outcome
+        pass
 
 
 def report_summary(cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
@@ -279,10 +318,10 @@ def _serve(
 ) -> Iterator[list[RequestRecord]]:
     """Serve the workload open loop; yield request records as they complete.
 
-    Batch engines get batches formed by lem from what has arrived; continuous-batching engines
-    get every request at its arrival time and schedule them themselves.
+    Batch engines get batches formed by lem from what has arrived; engines that schedule requests
+    themselves (continuous or serial) get every request at its arrival time.
     """
-    if getattr(backend, "continuous_batching", False):
+    if backend.scheduling != "batch":
         start = time.perf_counter()
         arrival_times = [start + off for off in offsets_s]
         by_id = {r.request_id: (r, t) for r, t in zip(requests, arrival_times, strict=True)}
@@ -341,3 +380,30 @@ def _write_resolved_config(composed_cfg: Any, run_dir: Path) -> None:
 
     text = OmegaConf.to_yaml(composed_cfg, resolve=True)
     (run_dir / "resolved_config.yaml").write_text(text)
+
+
+def _energy_meter(energy_cfg: EnergyConfig, cuda_indices: list[int] | None, t0: float | None, host_meters: bool) -> EnergyMeter:
+    """The run's energy meter from ``cfg.energy``: every setting passed as a plain value."""
+    from lem.measure.energy import EnergyMeter
+
+    cc = energy_cfg.codecarbon
+    return EnergyMeter.for_devices(
+        cuda_indices,
+        enabled=energy_cfg.enabled,
+        nvml=energy_cfg.nvml,
+        rapl=energy_cfg.rapl,
+        codecarbon=cc.enabled,
+        sample_interval_ms=energy_cfg.sample_interval_ms,
+        idle_baseline_s=energy_cfg.idle_baseline_s,
+        idle_baseline_cache_max_age_s=energy_cfg.idle_baseline_cache_max_age_s,
+        pue=energy_cfg.pue,
+        carbon_intensity_g_per_kwh=energy_cfg.carbon_intensity_g_per_kwh,
+        country_iso_code=cc.country_iso_code,
+        region=cc.region,
+        measure_power_secs=cc.measure_power_secs,
+        tracking_mode=cc.tracking_mode,
+        cpu_tdp_w=cc.cpu_tdp_w,
+        ram_power_w=cc.ram_power_w,
+        t0=t0,
+        host_meters=host_meters,
+    )

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lem.config import BackendName, LemConfig
+from lem.config.schema import BackendName, LemConfig
 from lem.pipeline import PhaseClock, _serve, generation_params
 from lem.workload.prepare import prepare_requests
 from lem.workload.types import GenerationParams, Prompt
@@ -64,9 +64,9 @@ def engine_cfg(model_dir: Path, backend: BackendName, **engine_overrides: Any) -
 
 
 def loaded_backend(cfg: LemConfig) -> Any:
-    from lem.backends import create_backend
+    from lem.backends.registry import create_engine
 
-    backend = create_backend(cfg)
+    backend = create_engine(cfg)
     backend.init_engine()
     backend.load_model()
     return backend

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lem.config import BatchingConfig, BatchingStrategy
+from lem.config.schema import BatchingConfig
+from lem.config.types import BatchingStrategy
 from lem.errors import ConfigError
 from lem.workload.batching import batch_stats, padded_cost_tokens, plan_batches
 from lem.workload.types import PreparedRequest

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lem import launch_guard
+from lem.launch import guard as launch_guard
 from tests.tiny_model import make_tiny_model_dir
 
 

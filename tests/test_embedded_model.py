@@ -16,7 +16,8 @@ import pytest
 
 import lem.models.embedded as embedded
 import lem.models.resolve as resolve
-from lem.config import EMBEDDED_MODEL, ModelConfig
+from lem.config.schema import ModelConfig
+from lem.config.types import EMBEDDED_MODEL
 from lem.errors import ConfigError, LemError
 from lem.files import cache_root
 from lem.models.__main__ import main as models_main
@@ -264,8 +265,9 @@ def test_real_conversion_is_atomic_cached_and_generates(tmp_path: Path, monkeypa
     import torch
 
     torch.set_num_threads(1)
-    from lem.backends.pytorch import PyTorchBackend
-    from lem.config import Device, LemConfig
+    from lem.backends.pytorch.engine import PyTorchBackend
+    from lem.config.schema import LemConfig
+    from lem.config.types import Device
     from lem.workload.types import GenerationParams, PreparedRequest
 
     cfg = LemConfig()  # model defaults to the embedded one

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lem import gpu_lease
-from lem.config import LemConfig
+from lem.launch import gpu_lease
+from lem.config.schema import LemConfig
 
 GPUS = ["GPU-aaaa", "GPU-bbbb"]
 
@@ -54,7 +54,7 @@ def test_a_multi_gpu_lease_holds_nothing_while_it_waits() -> None:
 
 def test_a_killed_holder_frees_its_gpu(lock_dir: Path) -> None:
     code = (
-        "import sys, time; sys.path.insert(0, %r); from lem import gpu_lease; "
+        "import sys, time; sys.path.insert(0, %r); from lem.launch import gpu_lease; "
         "lease = gpu_lease.acquire(2, %r); print('held', flush=True); time.sleep(60)"
     ) % (str(Path(__file__).resolve().parents[1]), GPUS)
     holder = subprocess.Popen([sys.executable, "-c", code], env={**os.environ}, stdout=subprocess.PIPE, text=True)
@@ -81,7 +81,7 @@ def test_cpu_jobs_lease_nothing_and_no_nvml_means_no_lease(monkeypatch: pytest.M
 
 
 def test_gpus_needed_by_sharding(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lem.config import Device, ShardingStrategy
+    from lem.config.types import Device, ShardingStrategy
 
     cfg = LemConfig()
     cfg.backend.device = Device.cuda

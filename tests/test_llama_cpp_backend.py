@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from lem.backends.llama_cpp import (
+from lem.backends.llama_cpp.engine import (
     LlamaCppBackend,
     SamplerStep,
     eos_mask_until,
@@ -30,7 +30,9 @@ from lem.backends.llama_cpp import (
     request_seed,
     sampler_steps,
 )
-from lem.config import BackendName, DType, LemConfig, Quantization, ShardingStrategy, validate
+from lem.config.checks import validate
+from lem.config.schema import BackendName, LemConfig
+from lem.config.types import DType, Quantization, ShardingStrategy
 from lem.errors import ConfigError
 from lem.workload.types import GenerationParams, PreparedRequest
 

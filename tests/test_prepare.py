@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from lem.config import ChatTemplate, ModelConfig
+from lem.config.schema import ModelConfig
+from lem.config.types import ChatTemplate
 from lem.errors import ConfigError
 from lem.workload.builtin_prompts import builtin_prompts
 from lem.workload.prepare import prepare_requests

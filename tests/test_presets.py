@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lem.config import register_schema, to_dataclass, validate
+from lem.config.checks import validate
+from lem.config.schema import register_schema, to_dataclass
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from lem.config import DatasetConfig, DatasetSource, LengthDistribution, SyntheticConfig
+from lem.config.schema import DatasetConfig, SyntheticConfig
+from lem.config.types import DatasetSource, LengthDistribution
 from lem.errors import ConfigError, LemError
 from lem.workload.builtin_prompts import builtin_prompts
 from lem.workload.prompts import load_prompts, synthetic_lengths

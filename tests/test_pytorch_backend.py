@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lem.backends import create_backend
-from lem.backends.pytorch import PyTorchBackend
-from lem.config import AttnImplementation, Device, DType, LemConfig
+from lem.backends.registry import create_engine
+from lem.backends.pytorch.engine import PyTorchBackend
+from lem.backends.pytorch.config import AttnImplementation
+from lem.config.schema import LemConfig
+from lem.config.types import Device, DType
 from lem.errors import LemError
 from lem.workload.types import GenerationParams, PreparedRequest
 from tests.tiny_model import EOS_ID, PAD_ID, make_tiny_model_dir
@@ -214,15 +216,15 @@ def test_unload_frees_the_model(tiny_dir: Path) -> None:
 
 def test_create_backend_imports_no_torch() -> None:
     code = (
-        "import sys\nfrom lem.backends import create_backend\nfrom lem.config import LemConfig\n"
-        "b = create_backend(LemConfig())\nassert type(b).__name__ == 'PyTorchBackend'\n"
+        "import sys\nfrom lem.backends.registry import create_engine\nfrom lem.config.schema import LemConfig\n"
+        "b = create_engine(LemConfig())\nassert type(b).__name__ == 'PyTorchBackend'\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_create_backend_picks_pytorch() -> None:
-    assert isinstance(create_backend(LemConfig()), PyTorchBackend)
+    assert isinstance(create_engine(LemConfig()), PyTorchBackend)
 
 
 @pytest.mark.slow

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from lem.config import ArrivalProcess, BackendName, DType, FlopsStrategy, LemConfig, ShardingStrategy, TensorRTRuntime, validate
+from lem.backends.tensorrt.config import TensorRTRuntime
+from lem.config.checks import validate
+from lem.config.schema import BackendName, LemConfig
+from lem.config.types import ArrivalProcess, DType, FlopsStrategy, ShardingStrategy
 from lem.errors import ConfigError, LemError
 from lem.pipeline import generation_params
 from lem.workload.traffic import arrival_offsets_s
@@ -70,7 +73,7 @@ def natural_length(input_ids) -> int:
 
 
 def test_pytorch_runtime_arguments(trtllm, tiny_dir: Path) -> None:
-    from lem.backends.tensorrt import tensorrt_llm_args
+    from lem.backends.tensorrt.engine import tensorrt_llm_args
 
     cfg = make_cfg(
         tiny_dir,
@@ -126,7 +129,7 @@ def test_engine_refusal_is_one_lem_error(trtllm, tiny_dir: Path) -> None:
 
 
 def test_sampling_kwargs_greedy_and_sampled() -> None:
-    from lem.backends.tensorrt import tensorrt_sampling_kwargs
+    from lem.backends.tensorrt.engine import tensorrt_sampling_kwargs
 
     greedy = tensorrt_sampling_kwargs(GenerationParams(max_output_tokens=20, min_output_tokens=3, repetition_penalty=1.1), frozenset({4, 9}), 4)
     assert greedy == {

@@ -6,7 +6,8 @@ import statistics
 
 import pytest
 
-from lem.config import ArrivalProcess, BatchingConfig, BatchingStrategy, TrafficConfig
+from lem.config.schema import BatchingConfig, TrafficConfig
+from lem.config.types import ArrivalProcess, BatchingStrategy
 from lem.workload.batching import plan_batches
 from lem.workload.scheduler import open_loop_batches
 from lem.workload.traffic import arrival_offsets_s

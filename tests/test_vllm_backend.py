@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from lem.config import ArrivalProcess, BackendName, DType, FlopsStrategy, LemConfig, ShardingStrategy, validate
+from lem.config.checks import validate
+from lem.config.schema import BackendName, LemConfig
+from lem.config.types import ArrivalProcess, DType, FlopsStrategy, ShardingStrategy
 from lem.errors import ConfigError, LemError
 from lem.pipeline import generation_params
 from lem.workload.traffic import arrival_offsets_s
@@ -57,7 +59,7 @@ def natural_length(input_ids) -> int:
 
 
 def test_engine_args_map_config_and_sharding(tiny_dir: Path) -> None:
-    from lem.backends.vllm import vllm_engine_args
+    from lem.backends.vllm.engine import vllm_engine_args
 
     cfg = make_cfg(
         tiny_dir,
@@ -98,7 +100,7 @@ def test_engine_args_map_config_and_sharding(tiny_dir: Path) -> None:
 
 
 def test_pipeline_sharding_and_an_explicit_tp_by_pp_split(tiny_dir: Path) -> None:
-    from lem.backends.vllm import vllm_engine_args
+    from lem.backends.vllm.engine import vllm_engine_args
 
     cfg = make_cfg(tiny_dir)
     cfg.sharding.strategy = ShardingStrategy.pipeline_parallel
@@ -111,7 +113,7 @@ def test_pipeline_sharding_and_an_explicit_tp_by_pp_split(tiny_dir: Path) -> Non
 
 
 def test_max_model_len_is_capped_at_the_models_context(tiny_dir: Path) -> None:
-    from lem.backends.vllm import vllm_engine_args
+    from lem.backends.vllm.engine import vllm_engine_args
 
     cfg = make_cfg(tiny_dir)
     cfg.dataset.max_input_tokens, cfg.dataset.max_output_tokens = 512, 64  # 576 > the tiny model's 256
@@ -121,7 +123,7 @@ def test_max_model_len_is_capped_at_the_models_context(tiny_dir: Path) -> None:
 
 
 def test_sampling_kwargs_greedy_and_sampled() -> None:
-    from lem.backends.vllm import vllm_sampling_kwargs
+    from lem.backends.vllm.engine import vllm_sampling_kwargs
 
     eos = frozenset({4, 9})
     greedy = vllm_sampling_kwargs(GenerationParams(max_output_tokens=20, min_output_tokens=3, repetition_penalty=1.1), eos)
@@ -163,9 +165,9 @@ def test_engine_is_built_with_the_mapped_args_and_described(vllm, tiny_dir: Path
 
 
 def test_unknown_passthrough_argument_is_refused_at_engine_init(vllm, tiny_dir: Path) -> None:
-    from lem.backends import create_backend
+    from lem.backends.registry import create_engine
 
-    backend = create_backend(make_cfg(tiny_dir, engine_args={"max_num_seq": 8}))
+    backend = create_engine(make_cfg(tiny_dir, engine_args={"max_num_seq": 8}))
     with pytest.raises(ConfigError, match=r"backend\.vllm\.engine_args\.max_num_seq=8: expected a vllm\.EngineArgs field"):
         backend.init_engine()
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lem.config import DType, LemConfig
-from lem.worker import WorkerDied, WorkerManager
+from lem.config.schema import LemConfig
+from lem.config.types import DType
+from lem.launch.job import WorkerDied, WorkerManager
 from tests.tiny_model import make_tiny_model_dir
 
 
@@ -105,7 +106,7 @@ def test_stop_ends_the_worker_process(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_the_worker_may_start_processes_of_its_own(tiny_model: Path) -> None:
-    from lem.worker import EngineWorker
+    from lem.launch.job import EngineWorker
 
     worker = EngineWorker()  # engines such as vLLM spawn their own engine-core process from it
     try:

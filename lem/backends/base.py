@@ -6,12 +6,64 @@ timing arithmetic and energy live outside them, so engines are compared on equal
 
 from __future__ import annotations
 
+import importlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Protocol, Sequence
 
 from lem.errors import LemError
 from lem.workload.types import GenerationParams, PreparedRequest
+
+if TYPE_CHECKING:
+    from lem.config.schema import LemConfig, ModelConfig, PrecisionConfig, ShardingConfig
+    from lem.config.types import Device
+
+# How an engine is handed the workload: "batch" — lem forms batches and calls generate();
+# "continuous" — serve() gets every request at its arrival and the engine schedules them;
+# "serial" — serve() too, one request at a time in arrival order.
+Scheduling = Literal["batch", "continuous", "serial"]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One registered engine (``lem.backends.registry``): what ``lem.backends.<name>.config`` declares."""
+
+    name: str
+    config: type  # the dataclass of backend.<name>.*
+    adapter: str  # "module:Class" of the adapter, imported when a run starts
+    check: Callable[[Any], None]  # the engine's own validation of the whole LemConfig
+
+    def adapter_class(self) -> type:
+        module, _, cls = self.adapter.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+@dataclass
+class EngineSpec:
+    """What an engine adapter is built from: the config sections it needs, nothing else of the run's config."""
+
+    model: ModelConfig
+    options: Any  # backend.<engine>: the engine's own dataclass
+    device: Device  # backend.device
+    precision: PrecisionConfig
+    sharding: ShardingConfig
+    max_input_tokens: int  # dataset.max_input_tokens: the longest prompt lem will send
+    max_output_tokens: int  # dataset.max_output_tokens
+    seed: int  # run.seed
+
+    @classmethod
+    def of(cls, cfg: LemConfig) -> EngineSpec:
+        return cls(
+            model=cfg.model,
+            options=getattr(cfg.backend, cfg.backend.name.value),
+            device=cfg.backend.device,
+            precision=cfg.precision,
+            sharding=cfg.sharding,
+            max_input_tokens=cfg.dataset.max_input_tokens,
+            max_output_tokens=cfg.dataset.max_output_tokens,
+            seed=cfg.run.seed,
+        )
 
 
 @dataclass
@@ -62,6 +114,9 @@ class LoadedTokenizer:
 
 
 class Backend(Protocol):
+    scheduling: ClassVar[Scheduling]
+    spec: EngineSpec
+
     def init_engine(self) -> None:
         """Set up the runtime (threads, device, compile caches) — the engine_init phase."""
 
@@ -87,14 +142,11 @@ class Backend(Protocol):
 
 
 class ContinuousBackend(Backend, Protocol):
-    """An engine that schedules requests itself (continuous batching: vLLM, TensorRT-LLM, ...).
-
-    Such an adapter sets ``continuous_batching = True`` and implements ``serve`` instead of
-    being handed batches: lem's batching strategies do not apply (the engine's own limits,
-    e.g. max_num_seqs, do), while arrivals stay lem's, so every engine sees the same traffic.
+    """An engine that schedules requests itself (``scheduling`` "continuous": vLLM, TensorRT-LLM;
+    or "serial": llama.cpp) and implements ``serve`` instead of being handed batches: lem's
+    batching strategies do not apply (the engine's own limits, e.g. max_num_seqs, do), while
+    arrivals stay lem's, so every engine sees the same traffic.
     """
-
-    continuous_batching: bool
 
     def serve(
         self, requests: Sequence[PreparedRequest], arrival_times: Sequence[float], params: GenerationParams

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lem.config import ModelConfig
+from lem.config.schema import ModelConfig
 from lem.errors import LemError, first_line
 
 

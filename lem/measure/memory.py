@@ -19,6 +19,7 @@ import sys
 import threading
 from types import TracebackType
 
+from lem.measure.cuda import cuda_in_use
 from lem.records import MemoryRecord
 
 
@@ -40,17 +41,6 @@ def _rss_reader():
     return lambda: int(process.memory_info().rss)
 
 
-def _cuda_in_use():
-    """torch.cuda when torch is already imported and CUDA initialised, else None."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    try:
-        return torch.cuda if torch.cuda.is_initialized() else None
-    except Exception:  # a CPU-only or half-imported torch
-        return None
-
-
 class PeakMemory:
     """A window over which peak RSS and peak CUDA memory are tracked."""
 
@@ -69,7 +59,7 @@ class PeakMemory:
         self.record = None
         self._stop.clear()
         self._maxrss_at_start = _ru_maxrss_bytes()
-        cuda = _cuda_in_use()
+        cuda = cuda_in_use()
         if cuda is not None:
             for index in range(cuda.device_count()):
                 cuda.reset_peak_memory_stats(index)  # peaks start from this window
@@ -97,7 +87,7 @@ class PeakMemory:
             sources.append("psutil")
         allocated: list[int] | None = None
         reserved: list[int] | None = None
-        cuda = _cuda_in_use()  # also covers CUDA initialised during the window (its peaks start there)
+        cuda = cuda_in_use()  # also covers CUDA initialised during the window (its peaks start there)
         if cuda is not None:
             count = cuda.device_count()
             allocated = [int(cuda.max_memory_allocated(i)) for i in range(count)]

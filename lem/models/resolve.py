@@ -14,7 +14,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lem.config import EMBEDDED_MODEL, ModelConfig
+from lem.config.schema import ModelConfig
+from lem.config.types import EMBEDDED_MODEL
 from lem.errors import ConfigError, LemError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")

@@ -1,7 +1,7 @@
 """Late aggregation: raw per-process records → one summary dict (``lem.summary/1``).
 
 Pure: the summary depends only on the records (and the config, which it copies), so
-``python -m lem.summarize RUN_DIR`` recomputes exactly what the run wrote. Figures nothing
+``lem summarize RUN_DIR`` recomputes exactly what the run wrote. Figures nothing
 measured are ``None`` — never 0. Measured and estimated energy are never added together.
 """
 
@@ -14,9 +14,10 @@ from typing import Any
 
 from lem.errors import LemError
 from lem.results.cycles import cycles_section
-from lem.results.energy import energy_of, energy_section, utilisation_section
+from lem.results.energy import energy_section, utilisation_section
 from lem.results.latency import distribution, request_latencies
-from lem.results.reader import RawProcessRecords
+from lem.results.phase_energy import energy_of
+from lem.results.reader import RawProcessRecords, clock_offsets
 from lem.records import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
 
 HOST_SHARED_COMPONENTS = frozenset({"cpu", "dram", "system"})  # one physical meter per host
@@ -38,7 +39,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
     throughput = _throughput_section(len(requests), tokens, window_s)
     latency = {metric: distribution(values) for metric, values in request_latencies(requests).items()}
     phases, phases_per_process = _phases_section(procs, warnings)
-    energy = energy_section(procs, phases, requests, tokens, _clock_offsets(procs), warnings)
+    energy = energy_section(procs, phases, requests, tokens, clock_offsets(procs), warnings)
     flops = _flops_section(procs, tokens, window_s, warnings)
     memory = _memory_section(procs)
     batching = _batching_section(procs)
@@ -107,7 +108,7 @@ def _run_section(
         "world_size": world_size,
         "n_requests_expected": expected,
         "torn_last_lines": len(torn),
-        "started_unix_s": min(_t0(p) for p in procs),
+        "started_unix_s": min(p.t0_unix_s for p in procs),
         "model": h0.get("model"),
         "engine": h0.get("engine"),
         "engine_version": h0.get("engine_version"),
@@ -143,21 +144,7 @@ def _tokens_section(requests: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-# --- time: clock alignment, the generation window, throughput ----------------------------
-
-
-def _t0(p: RawProcessRecords) -> float:
-    return float(p.header.get("t0_unix_s", 0.0))
-
-
-def _clock_offsets(procs: list[RawProcessRecords]) -> dict[int, float]:
-    """Seconds to add to each process's times to put them on the run's clock (earliest t0 = 0).
-
-    Offsets from the earliest t0, not absolute unix times: a single process keeps its exact
-    perf_counter differences instead of losing digits to a 1.7e9 s epoch.
-    """
-    t_ref = min(_t0(p) for p in procs)
-    return {id(p): _t0(p) - t_ref for p in procs}
+# --- time: the generation window, throughput --------------------------------------------
 
 
 def _generation_window_s(procs: list[RawProcessRecords], warnings: list[str]) -> float | None:
@@ -167,7 +154,7 @@ def _generation_window_s(procs: list[RawProcessRecords], warnings: list[str]) ->
     (computed as offsets from the earliest t0 to keep precision).
     A process killed during generation has no generation phase record: its requests bound it.
     """
-    off = _clock_offsets(procs)
+    off = clock_offsets(procs)
     spans: dict[int, list[tuple[float, float]]] = defaultdict(list)  # per measured cycle
     from_requests = []
     for p in procs:
@@ -198,7 +185,7 @@ MIN_PROCESS_OVERLAP = 0.9  # processes of one run must generate at the same time
 
 def _process_overlap(procs: list[RawProcessRecords], warnings: list[str]) -> float | None:
     """Share of the generation span during which every process was generating (None with one process)."""
-    off = _clock_offsets(procs)
+    off = clock_offsets(procs)
     windows = []
     for p in procs:
         gen = [ph for ph in p.phases if ph.get("name") == "generation"]
@@ -243,7 +230,7 @@ def _phases_section(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Per phase: wall time (span over processes on wall-clock time) and energy summed over processes."""
     names = _phase_names(procs)
-    off = _clock_offsets(procs)
+    off = clock_offsets(procs)
     flat: dict[str, Any] = {}
     for name in names:
         records = [(p, ph) for p in procs for ph in p.phases if ph.get("name") == name]

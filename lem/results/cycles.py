@@ -10,9 +10,9 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from lem.results.energy import energy_of
 from lem.results.latency import distribution, request_latencies
-from lem.results.reader import RawProcessRecords
+from lem.results.phase_energy import energy_of, per
+from lem.results.reader import RawProcessRecords, clock_offsets
 
 # Two-sided 95 % quantiles of Student's t, t(0.975, df), df = 1..30; beyond 30 the normal 1.96 is within 2 %.
 _T975 = (
@@ -56,12 +56,12 @@ def cycles_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[
     cycles = sorted({int(ph["cycle"]) for p in procs for ph in p.phases if ph.get("name") == "generation" and ph.get("cycle") is not None})
     if len(cycles) < 2:
         return None
-    t_ref = min(float(p.header.get("t0_unix_s", 0.0)) for p in procs)
+    offsets = clock_offsets(procs)
     per_cycle = []
     for c in cycles:
         spans, readings = [], []
         for p in procs:
-            off = float(p.header.get("t0_unix_s", 0.0)) - t_ref
+            off = offsets[id(p)]
             for ph in p.phases:
                 if ph.get("name") == "generation" and ph.get("cycle") == c:
                     spans.append((off + float(ph["start_s"]), off + float(ph["end_s"])))
@@ -73,12 +73,6 @@ def cycles_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[
         energy = energy_of(readings, [], where=f"generation cycle {c}")
         lat = {k: distribution(v) for k, v in request_latencies(requests).items()}
 
-        def rate(count: float) -> float | None:
-            return count / wall if wall else None
-
-        def per_token(j: float | None) -> float | None:
-            return j / n_out if j is not None and n_out else None
-
         per_cycle.append(
             {
                 "cycle": c,
@@ -87,12 +81,12 @@ def cycles_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[
                 "wall_s": wall,
                 "energy_j": energy["energy_j"],
                 "energy_source": energy["energy_source"],
-                "j_per_output_token": per_token(energy["energy_j"]),
-                "net_j_per_output_token": per_token(energy["net_energy_j"]),
-                "output_tokens_per_s": rate(n_out),
-                "total_tokens_per_s": rate(n_in + n_out),
-                "requests_per_s": rate(len(requests)),
-                "mean_power_w": energy["energy_j"] / wall if energy["energy_j"] is not None and wall else None,
+                "j_per_output_token": per(energy["energy_j"], n_out),
+                "net_j_per_output_token": per(energy["net_energy_j"], n_out),
+                "output_tokens_per_s": per(n_out, wall),
+                "total_tokens_per_s": per(n_in + n_out, wall),
+                "requests_per_s": per(len(requests), wall),
+                "mean_power_w": per(energy["energy_j"], wall),
                 "ttft_ms_p50": (lat.get("ttft_ms") or {}).get("p50"),
                 "ttft_ms_p99": (lat.get("ttft_ms") or {}).get("p99"),
                 "tpot_ms_p50": (lat.get("tpot_ms") or {}).get("p50"),

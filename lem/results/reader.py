@@ -43,6 +43,25 @@ class RawProcessRecords:
     def process_index(self) -> int:
         return int(self.header.get("process_index", 0))
 
+    @property
+    def t0_unix_s(self) -> float:
+        """The unix time the process's relative times (``start_s``, ``t_s``, ...) count from."""
+        return float(self.header.get("t0_unix_s", 0.0))
+
+    def others(self, kind: str) -> list[dict[str, Any]]:
+        """The records of one kind this reader does not group (``energy_meter``, ``power_samples``, ...)."""
+        return [r for r in self.other if r.get("kind") == kind]
+
+
+def clock_offsets(procs: list[RawProcessRecords]) -> dict[int, float]:
+    """Seconds to add to each process's times to put them on the run's clock (earliest t0 = 0), by ``id(process)``.
+
+    Offsets from the earliest t0, not absolute unix times: a single process keeps its exact
+    perf_counter differences instead of losing digits to a 1.7e9 s epoch.
+    """
+    t_ref = min(p.t0_unix_s for p in procs)
+    return {id(p): p.t0_unix_s - t_ref for p in procs}
+
 
 def read_raw_file(path: str | os.PathLike[str]) -> RawProcessRecords:
     """Parse one ``process-<i>.jsonl``; a torn last line is dropped and flagged, any other bad line is an error."""

@@ -1,4 +1,4 @@
-"""Recompute a run's ``summary.json`` from its raw records: ``python -m lem.summarize RUN_DIR...``.
+"""Recompute a run's ``summary.json`` from its raw records: ``lem summarize RUN_DIR...``.
 
 The pipeline calls :func:`write_summary` at the end of a run; the CLI does the same later,
 so a summary can always be rebuilt (after a crash, or after the aggregation improves).
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lem.report.table import render_summary
 
     parser = argparse.ArgumentParser(
-        prog="python -m lem.summarize",
+        prog="lem summarize",
         description="Recompute summary.json of one or more lem runs from their raw records and print it.",
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory (holds raw/process-<i>.jsonl)")

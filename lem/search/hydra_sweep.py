@@ -15,20 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from lem.errors import LemError
+from lem.plain import plain
 from lem.search.study import J_PER_TOKEN, LIMIT_KEYS, TOKENS_PER_S, StudySettings, TrialOutcome, outcome_from_run_dir
 
 DEFAULT_STUDY_NAME = "lem"
 STORAGE_FILENAME = "optuna.db"
 # Task overrides that do not change what a trial measures (a rerun may differ in them and still resume).
 _NOT_WORKLOAD = ("tracking.", "hydra.", "report.")
-
-
-def _plain(value: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def sweep_dir_of(config: Any) -> Path:
@@ -51,14 +44,14 @@ def resolve_storage(storage: str | None, sweep_dir: Path, cwd: Path) -> str:
 
 
 def directions_of(direction: Any) -> list[str]:
-    direction = _plain(direction)
+    direction = plain(direction)
     items = direction if isinstance(direction, (list, tuple)) else [direction]
     return [str(getattr(d, "name", d)).lower() for d in items]
 
 
 def settings_from(options: Mapping[str, Any], config: Any, distributions: Mapping[str, Any], fixed: Mapping[str, str], task_overrides: Sequence[str]) -> StudySettings:
     directions = directions_of(options.get("direction") or "minimize")
-    objectives = _plain(options.get("objectives"))
+    objectives = plain(options.get("objectives"))
     if not objectives:
         objectives = [J_PER_TOKEN, TOKENS_PER_S][: len(directions)] if len(directions) <= 2 else []
     limits = {path: float(options[key]) for key, path in LIMIT_KEYS.items() if options.get(key) is not None}
@@ -169,13 +162,13 @@ def run_hydra_study(options: Mapping[str, Any], config: Any, launcher: Any, argu
         target = None  # the callback has already said why this sweep is not tracked
     parent_run_id = os.environ.get(ENV_PARENT_RUN_ID) or None
     try:
-        params = _plain(options.get("params")) or {}
+        params = plain(options.get("params")) or {}
         space_args = [f"{k}={v}" for k, v in params.items()] + list(arguments)
         distributions, fixed = parse_search_space(space_args)
         if not distributions:
             raise LemError("hydra.sweeper.params is empty: list what to search, e.g. hydra.sweeper.params.batching.batch_size='choice(1,2,4,8)'")
         settings = settings_from(options, config, distributions, fixed, arguments)
-        study = open_study(settings, _plain(options.get("sampler")), distributions)
+        study = open_study(settings, plain(options.get("sampler")), distributions)
         _refuse_foreign_job_dirs(sweep_dir_of(config), len(study.trials))
     except LemError as exc:
         fail_parent(target, parent_run_id, str(exc))

@@ -11,30 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from lem.search.study import J_PER_TOKEN, SHORT_NAMES, TOKENS_PER_S
-from lem.tracking.plots import _pyplot, _save
+from lem.tracking.plots import pareto_front, pyplot, save_figure
 
 FEASIBLE, INFEASIBLE, FRONT = "#1565c0", "#b0b0b0", "#c62828"
 
 
-def front_2d(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Points no other point beats on both J/token (lower) and tokens/s (higher), by throughput."""
-    front = [
-        r for r in points
-        if not any(
-            o[J_PER_TOKEN] <= r[J_PER_TOKEN] and o[TOKENS_PER_S] >= r[TOKENS_PER_S]
-            and (o[J_PER_TOKEN] < r[J_PER_TOKEN] or o[TOKENS_PER_S] > r[TOKENS_PER_S])
-            for o in points
-        )
-    ]
-    return sorted(front, key=lambda r: r[TOKENS_PER_S])
-
-
-def pareto_front(rows: Sequence[Mapping[str, Any]], best: Sequence[int], path: Path, title: str = "") -> Path | None:
+def plot_pareto_front(rows: Sequence[Mapping[str, Any]], best: Sequence[int], path: Path, title: str = "") -> Path | None:
     """J/token (y) against output tokens/s (x) of every completed trial; the feasible front and the best trial(s) marked."""
     points = [r for r in rows if r["state"] == "COMPLETE" and r.get(J_PER_TOKEN) is not None and r.get(TOKENS_PER_S) is not None]
     if not points:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     infeasible = [r for r in points if not r["feasible"]]
     feasible = [r for r in points if r["feasible"]]
@@ -42,7 +29,8 @@ def pareto_front(rows: Sequence[Mapping[str, Any]], best: Sequence[int], path: P
         ax.scatter([r[TOKENS_PER_S] for r in infeasible], [r[J_PER_TOKEN] for r in infeasible], c=INFEASIBLE, marker="x", label="infeasible (over a latency limit)")
     if feasible:
         ax.scatter([r[TOKENS_PER_S] for r in feasible], [r[J_PER_TOKEN] for r in feasible], c=FEASIBLE, label="feasible trials")
-        front = front_2d(feasible)
+        # The trials no other beats on both J/token (lower) and tokens/s (higher), by throughput.
+        front = [feasible[i] for i in pareto_front([(r[TOKENS_PER_S], r[J_PER_TOKEN]) for r in feasible])]
         ax.step([r[TOKENS_PER_S] for r in front], [r[J_PER_TOKEN] for r in front], where="post", c=FRONT, lw=1.2, label="Pareto front (J/token vs tok/s)")
     chosen = [r for r in feasible if r["number"] in set(best)]
     if chosen:
@@ -54,7 +42,7 @@ def pareto_front(rows: Sequence[Mapping[str, Any]], best: Sequence[int], path: P
     ax.set_title(title or "J/token against throughput (lower right is better)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def optimization_history(rows: Sequence[Mapping[str, Any]], objectives: Sequence[str], directions: Sequence[str], path: Path) -> Path | None:
@@ -62,7 +50,7 @@ def optimization_history(rows: Sequence[Mapping[str, Any]], objectives: Sequence
     done = [r for r in rows if r["state"] == "COMPLETE"]
     if not done:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(objectives), 1, figsize=(7.5, 3.2 * len(objectives)), squeeze=False)
     for ax, objective, direction in zip(axes[:, 0], objectives, directions):
         pts = [r for r in done if r.get(objective) is not None]
@@ -85,7 +73,7 @@ def optimization_history(rows: Sequence[Mapping[str, Any]], objectives: Sequence
         ax.set_title(f"{direction} {SHORT_NAMES.get(objective, objective)}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def param_importances(importances: Mapping[str, Mapping[str, float]], path: Path) -> Path | None:
@@ -93,7 +81,7 @@ def param_importances(importances: Mapping[str, Mapping[str, float]], path: Path
     shown = {k: v for k, v in importances.items() if v}
     if not shown:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 0.5 * max(len(v) for v in shown.values()) + 1.8), squeeze=False)
     for ax, (objective, values) in zip(axes[0], shown.items()):
         names = list(values)[::-1]
@@ -101,4 +89,4 @@ def param_importances(importances: Mapping[str, Mapping[str, float]], path: Path
         ax.set_xlabel("importance")
         ax.set_title(SHORT_NAMES.get(objective, objective), fontsize=10)
         ax.set_xlim(0, 1)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -343,7 +343,7 @@ class MlflowLink:
             (staged / "optuna" / "study.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
             write_trials_csv(study, settings, staged / "study" / "trials.csv")
             front = [b["number"] for b in best]
-            plots.pareto_front(rows, front, staged / "optuna" / "pareto_front.png", title=f"study {settings.study_name}: J/token against throughput")
+            plots.plot_pareto_front(rows, front, staged / "optuna" / "pareto_front.png", title=f"study {settings.study_name}: J/token against throughput")
             plots.optimization_history(rows, settings.objectives, settings.directions, staged / "optuna" / "optimization_history.png")
             plots.param_importances(importances(study, settings), staged / "optuna" / "param_importances.png")
             client.log_artifacts(run_id, str(staged / "optuna"), "optuna")

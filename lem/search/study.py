@@ -20,90 +20,41 @@ Rules the loop keeps:
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
-import math
-import os
-import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lem.errors import LemError
-
-J_PER_TOKEN = "energy.j_per_output_token"
-TOKENS_PER_S = "throughput.output_tokens_per_s"
-TTFT_P99_MS = "latency.ttft_ms.p99"
-TPOT_P99_MS = "latency.tpot_ms.p99"
-# Sweeper keys for latency limits → the summary.json value each one caps.
-LIMIT_KEYS = {"max_ttft_p99_ms": TTFT_P99_MS, "max_tpot_p99_ms": TPOT_P99_MS}
-RECORDED_METRICS = (J_PER_TOKEN, TOKENS_PER_S, TTFT_P99_MS, TPOT_P99_MS)
-SHORT_NAMES = {J_PER_TOKEN: "J/token", TOKENS_PER_S: "tok/s", TTFT_P99_MS: "TTFT p99 ms", TPOT_P99_MS: "TPOT p99 ms"}
-
-# User attributes lem stores on each trial (read back by the report and by a resumed study).
-ATTR_METRICS = "lem.metrics"
-ATTR_RUN_DIR = "lem.run_dir"
-ATTR_ERROR = "lem.error"
-ATTR_DUPLICATE_OF = "lem.duplicate_of"
-ATTR_INTERRUPTED = "lem.interrupted"
-ATTR_SKIPPED = "lem.skipped"
-ATTR_WORKER = "lem.worker"
-ATTR_OVERRIDES = "lem.overrides"
-ATTR_CONSTRAINTS = "lem.constraints"
-ATTR_MLFLOW_RUN_ID = "mlflow_run_id"
-STUDY_ATTR_IDENTITY = "lem.identity"
+from lem.search.settings import (
+    ATTR_CONSTRAINTS,
+    ATTR_DUPLICATE_OF,
+    ATTR_ERROR,
+    ATTR_INTERRUPTED,
+    ATTR_METRICS,
+    ATTR_MLFLOW_RUN_ID,
+    ATTR_OVERRIDES,
+    ATTR_RUN_DIR,
+    ATTR_SKIPPED,
+    SHORT_NAMES,
+    TOKENS_PER_S,
+    TPOT_P99_MS,
+    TTFT_P99_MS,
+    StudySettings,
+    TrialOutcome,
+)
+from lem.search.storage import _ask, _has_set_constraint, _tell, open_study
+from lem.tracking.metrics import finite_number
+from lem.tracking.store import error_line
 
 # A constraint value for a limit whose metric is missing: clearly violated, still finite for any storage.
 _MISSING_METRIC_VIOLATION = 1e12
 MAX_CONSECUTIVE_DUPLICATES = 100
 
 
-@dataclass
-class StudySettings:
-    study_name: str
-    storage: str
-    directions: list[str]
-    objectives: list[str]
-    n_trials: int
-    n_jobs: int = 1
-    max_failure_rate: float = 0.25
-    limits: dict[str, float] = field(default_factory=dict)  # summary.json path → largest allowed value
-    deduplicate: bool = True
-    identity: list[str] = field(default_factory=list)  # the fixed overrides that define the workload
-
-    def __post_init__(self) -> None:
-        if not self.directions or any(d not in ("minimize", "maximize") for d in self.directions):
-            raise LemError(f"hydra.sweeper.direction={self.directions}: expected minimize, maximize or a list of them")
-        if len(self.objectives) != len(self.directions):
-            raise LemError(
-                f"hydra.sweeper.objectives={self.objectives}: expected one summary.json value per direction "
-                f"({len(self.directions)}: {self.directions})"
-            )
-        if self.n_trials < 1:
-            raise LemError(f"hydra.sweeper.n_trials={self.n_trials}: expected a number >= 1")
-        if self.n_jobs < 1:
-            raise LemError(f"hydra.sweeper.n_jobs={self.n_jobs}: expected a number >= 1")
-        if not 0.0 <= self.max_failure_rate <= 1.0:
-            raise LemError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: expected a number in [0, 1]")
-
-    @property
-    def recorded(self) -> list[str]:
-        return list(dict.fromkeys([*self.objectives, *RECORDED_METRICS, *self.limits]))
-
 
 @dataclass
-class TrialOutcome:
-    """What one trial's job left behind."""
-
-    metrics: dict[str, float | None] = field(default_factory=dict)  # summary.json path → value
-    run_dir: Path | None = None
-    error: str | None = None  # one line; set when the job failed
-    mlflow_run_id: str | None = None
-
-
 @dataclass
 class StudyResult:
     study: Any
@@ -116,21 +67,19 @@ class StudyResult:
 
 
 def summary_value(summary: Mapping[str, Any], path: str) -> float | None:
+    """The finite number at ``path`` (``latency.ttft_ms.p99``) of a summary; None when there is none."""
     node: Any = summary
     for part in path.split("."):
         if not isinstance(node, Mapping):
             return None
         node = node.get(part)
-    if isinstance(node, bool) or not isinstance(node, (int, float)):
-        return None
-    value = float(node)
-    return value if math.isfinite(value) else None
+    return finite_number(node)
 
 
 def outcome_from_run_dir(run_dir: Path | None, paths: Sequence[str], *, error: str | None = None) -> TrialOutcome:
     """A job's outcome from its folder: error.txt means failed; else summary.json's values."""
     from lem.results.summarize import SUMMARY_FILE
-    from lem.tracking.mlflow_sink import ERROR_FILE
+    from lem.tracking.run_folder import ERROR_FILE
 
     outcome = TrialOutcome(run_dir=run_dir, error=error)
     if run_dir is None:
@@ -157,177 +106,6 @@ def outcome_from_run_dir(run_dir: Path | None, paths: Sequence[str], *, error: s
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else ""
-
-
-# --- the sampler -------------------------------------------------------------------------------
-
-
-def build_sampler(sampler_cfg: Mapping[str, Any] | None, distributions: Mapping[str, Any], settings: StudySettings, n_existing: int) -> Any:
-    """Instantiate ``{_target_: optuna.samplers.X, ...}`` for this study.
-
-    The seed is offset by the trials already in the study so a resumed study does not
-    replay its first session's random suggestions; GridSampler gets the grid of the space;
-    Optuna 4 samplers get the latency limits as ``constraints_func`` (Optuna 5 reads them
-    from the trials themselves).
-    """
-    import optuna
-
-    cfg = dict(sampler_cfg or {"_target_": "optuna.samplers.TPESampler"})
-    target = str(cfg.pop("_target_", "optuna.samplers.TPESampler"))
-    cfg.pop("_partial_", None)
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise LemError(f"hydra.sweeper.sampler._target_={target}: not an importable sampler class ({exc})") from None
-    accepted = inspect.signature(cls).parameters
-    cfg = {k: v for k, v in cfg.items() if v is not None}  # None: the sampler's own default
-    if "n_startup_trials" not in accepted:
-        cfg.pop("n_startup_trials", None)  # grid, random, NSGA-II: every trial is already "startup"
-    if cfg.get("seed") is not None and n_existing:
-        cfg["seed"] = int(cfg["seed"]) + n_existing
-    if cls is optuna.samplers.GridSampler:
-        from lem.search.space import grid_values
-
-        cfg["search_space"] = {name: grid_values(d) for name, d in distributions.items()}
-    if settings.limits and not _has_set_constraint() and "constraints_func" in accepted:
-        cfg["constraints_func"] = constraints_from_user_attrs
-    unknown = [k for k in cfg if k not in accepted and not any(p.kind is p.VAR_KEYWORD for p in accepted.values())]
-    if unknown:
-        raise LemError(f"hydra.sweeper.sampler: {target} takes no argument(s) {', '.join(unknown)}")
-    try:
-        return cls(**cfg)
-    except ImportError as exc:
-        raise LemError(f"hydra.sweeper.sampler._target_={target}: needs a package that is not installed ({exc})") from None
-
-
-def constraints_from_user_attrs(trial: Any) -> list[float]:
-    """Optuna 4's ``constraints_func``: the values lem stored on the trial before telling it."""
-    return [float(v) for v in trial.user_attrs.get(ATTR_CONSTRAINTS, {}).values()]
-
-
-def _has_set_constraint() -> bool:
-    import optuna
-
-    return hasattr(optuna.trial.Trial, "set_constraint")
-
-
-# --- opening the study -------------------------------------------------------------------------
-
-
-def redact(url: str) -> str:
-    """A storage URL with its password hidden (it goes into logs and MLflow)."""
-    import re
-
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
-def open_study(settings: StudySettings, sampler_cfg: Mapping[str, Any] | None, distributions: Mapping[str, Any]) -> Any:
-    """Create the study, or load it to resume; refuse one that measured a different workload."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _ensure_sqlite_dir(settings.storage)
-    storage = _open_storage(settings.storage)
-    n_existing = 0
-    try:
-        n_existing = len(optuna.load_study(study_name=settings.study_name, storage=storage).trials)
-    except KeyError:
-        pass
-    sampler = build_sampler(sampler_cfg, distributions, settings, n_existing)
-    try:
-        study = optuna.create_study(
-            study_name=settings.study_name, storage=storage, sampler=sampler, directions=settings.directions, load_if_exists=True
-        )
-    except ValueError as exc:
-        raise LemError(
-            f"hydra.sweeper.study_name={settings.study_name}: the study in {redact(settings.storage)} cannot be resumed "
-            f"with direction {settings.directions} ({_one_line(exc)}); choose another study_name"
-        ) from None
-    recorded = study.user_attrs.get(STUDY_ATTR_IDENTITY)
-    limits = {k: float(v) for k, v in settings.limits.items()}
-    if recorded is None:
-        study.set_user_attr(STUDY_ATTR_IDENTITY, list(settings.identity))
-        study.set_user_attr("lem.objectives", list(settings.objectives))
-        study.set_user_attr("lem.limits", limits)
-    elif list(recorded) != list(settings.identity):
-        raise LemError(
-            f"hydra.sweeper.study_name={settings.study_name}: this study in {redact(settings.storage)} measured "
-            f"the workload [{' '.join(recorded)}], not [{' '.join(settings.identity)}]; use another "
-            "hydra.sweeper.study_name (or hydra.sweep.dir) for a different workload"
-        )
-    if list(study.user_attrs.get("lem.objectives", settings.objectives)) != list(settings.objectives):
-        raise LemError(
-            f"hydra.sweeper.objectives={settings.objectives}: study {settings.study_name} optimises "
-            f"{study.user_attrs['lem.objectives']}; use another hydra.sweeper.study_name"
-        )
-    if study.user_attrs.get("lem.limits", limits) != limits:
-        # Finished trials were judged feasible or not against the limits they ran under.
-        raise LemError(
-            f"hydra.sweeper latency limits {limits or 'none'}: study {settings.study_name} was run with "
-            f"{study.user_attrs['lem.limits'] or 'none'}; use another hydra.sweeper.study_name for other limits"
-        )
-    _fail_stale_trials(study)
-    return study
-
-
-def _open_storage(url: str, attempts: int = 6) -> Any:
-    """The study's storage; several workers starting together on a new database race to create its
-    tables (one wins, the others see a unique-constraint error): the losers try again."""
-    import optuna
-
-    if "://" not in url:
-        return url
-    # SQLite shared by several processes: wait for a lock instead of failing at once.
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except Exception as exc:  # noqa: BLE001 - a wrong URL, a missing driver, a server that does not answer
-            racing = type(exc).__name__ in ("IntegrityError", "OperationalError") and attempt < attempts - 1
-            if not racing:
-                raise LemError(f"hydra.sweeper.storage={redact(url)}: cannot open the Optuna storage ({_one_line(exc)})") from None
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def _ensure_sqlite_dir(url: str) -> None:
-    from lem.tracking.store import sqlite_path
-
-    db = sqlite_path(url)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-
-
-def _worker() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fail_stale_trials(study: Any) -> None:
-    """Trials left RUNNING by a lem process of this host that no longer exists (killed): FAIL, interrupted."""
-    import optuna
-    from optuna.trial import TrialState
-
-    me = _worker()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get(ATTR_WORKER) or {}
-        if worker.get("host") != me["host"] or not isinstance(worker.get("pid"), int):
-            continue  # another machine's trial, or not lem's: leave it to its owner
-        if worker["pid"] != me["pid"] and _pid_alive(worker["pid"]):
-            continue
-        trial = optuna.trial.Trial(study, t._trial_id)
-        trial.set_user_attr(ATTR_INTERRUPTED, True)
-        _tell(study, trial, state=TrialState.FAIL)
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -452,7 +230,7 @@ def run_study(
                 _tell(study, t, state=TrialState.FAIL)
             raise
         except Exception as exc:  # noqa: BLE001 - the launcher itself failed: every trial of the batch did
-            outcomes = [TrialOutcome(error=f"the launcher failed: {_one_line(exc)}") for _ in batch]
+            outcomes = [TrialOutcome(error=f"the launcher failed: {error_line(exc)}") for _ in batch]
         if len(outcomes) != len(batch):
             outcomes = list(outcomes) + [TrialOutcome(error="the launcher returned no result") for _ in range(len(batch) - len(outcomes))]
         for trial, outcome in zip(batch, outcomes):
@@ -460,44 +238,6 @@ def run_study(
             result.measured_this_session += 1
             echo(trial_line(study.get_trials(deepcopy=False)[trial.number], settings))
     return result
-
-
-def _ask(study: Any, distributions: Mapping[str, Any]) -> Any:
-    """``study.ask`` for a trial that names this process (``ATTR_WORKER``) from the moment it exists.
-
-    A trial that became RUNNING without that name (the process killed between ``ask`` and
-    ``set_user_attr``) could never be recognised as stale, and would count as measured for ever.
-    So the trial is created RUNNING with the name already in it: one insert, one transaction, as
-    ``Study.ask`` itself creates a trial (a private path of Optuna's). Queuing a named WAITING trial
-    for ``ask`` to pop is not safe instead: on SQLite two workers can pop the same WAITING trial
-    (Optuna's pop reads, then writes, and SQLite takes no row lock), and both then measure it.
-    """
-    import optuna
-
-    me = _worker()
-    storage, study_id = getattr(study, "_storage", None), getattr(study, "_study_id", None)
-    local = getattr(study, "_thread_local", None)
-    if storage is None or study_id is None or not hasattr(local, "cached_all_trials"):
-        trial = study.ask(fixed_distributions=dict(distributions))  # an Optuna without that path
-        trial.set_user_attr(ATTR_WORKER, me)
-        return trial
-    local.cached_all_trials = None  # what ``ask`` does: the sampler sees every trial so far
-    template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs={ATTR_WORKER: me})
-    trial = optuna.trial.Trial(study, storage.create_new_trial(study_id, template_trial=template))
-    for name, distribution in distributions.items():
-        _suggest(trial, name, distribution)
-    return trial
-
-
-def _suggest(trial: Any, name: str, distribution: Any) -> Any:
-    """The public ``suggest_*`` call for one of the distributions ``lem.search.space`` builds."""
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
-    if isinstance(distribution, CategoricalDistribution):
-        return trial.suggest_categorical(name, distribution.choices)
-    if isinstance(distribution, IntDistribution):
-        return trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
-    return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step, log=distribution.log)
 
 
 def _tell_duplicate(study: Any, trial: Any, earlier: Any) -> None:
@@ -551,15 +291,6 @@ def _tell_outcome(study: Any, trial: Any, outcome: TrialOutcome, settings: Study
     _tell(study, trial, values=values)
 
 
-def _tell(study: Any, trial: Any, **kwargs: Any) -> None:
-    """``study.tell``, tolerating GridSampler's ``study.stop()`` at the end of its grid (meant for optimize())."""
-    try:
-        study.tell(trial, **kwargs)
-    except RuntimeError as exc:
-        if "Study.stop" not in str(exc):
-            raise
-
-
 def _constraint_name(path: str) -> str:
     return {TTFT_P99_MS: "ttft_p99_ms", TPOT_P99_MS: "tpot_p99_ms"}.get(path, path)
 
@@ -593,8 +324,3 @@ def _fmt(value: Any) -> str:
     if value == 0 or 0.01 <= abs(value) < 1000:
         return f"{value:.4g}"
     return f"{value:.3g}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}"[:300] if text else type(exc).__name__

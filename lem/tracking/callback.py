@@ -39,7 +39,7 @@ class LemMlflowCallback(Callback):
         self._finalized = False
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        from lem.tracking.job import _plain
+        from lem.plain import plain_config
         from lem.tracking.store import warn_unavailable
         from lem.tracking.sweep import create_parent, write_sweep_file
 
@@ -59,7 +59,7 @@ class LemMlflowCallback(Callback):
         overrides = list(config.hydra.overrides.task) if config.hydra.overrides.task else []
         try:
             self.parent_run_id = create_parent(
-                self.target, sweep_id=self.sweep_id, overrides=overrides, config=_plain(config), sweep_dir=sweep_dir
+                self.target, sweep_id=self.sweep_id, overrides=overrides, config=plain_config(config), sweep_dir=sweep_dir
             )
         except TrackingUnavailable as exc:
             warn_unavailable(self.target, str(exc), sweep_dir)

@@ -77,17 +77,13 @@ def _row(ids: Mapping[str, Any], params: Mapping[str, str], metrics: Mapping[str
 
 def open_experiment(target: Target) -> tuple[Any, str]:
     """``(client, experiment_id)`` of an existing experiment; exporting never creates a store or an experiment."""
-    from lem.tracking.store import _probe, _quiet_mlflow_logging, sqlite_path
+    from lem.tracking.store import open_client, sqlite_path
 
     db = sqlite_path(target.uri)
     if db is not None and not db.is_file():
         raise ValueError(f"no MLflow store at {db} (log a run first, or pass --tracking-uri)")
     try:
-        _probe(target.uri)
-        _quiet_mlflow_logging()
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=target.uri)
+        client = open_client(target.uri)
         experiment = client.get_experiment_by_name(target.experiment_name)
     except TrackingUnavailable:
         raise
@@ -128,7 +124,9 @@ def rows_from_store(target: Target, filter_string: str = "", *, include_sweeps: 
 
 def rows_from_dirs(paths: Sequence[Path], *, all_columns: bool = False) -> list[dict[str, Any]]:
     """The same columns read from result folders (late aggregation where summary.json is missing)."""
-    from lem.tracking.mlflow_sink import config_params, read_run_folder, run_key, run_name, run_status, summary_metrics
+    from lem.tracking.metrics import config_params, summary_metrics
+    from lem.tracking.mlflow_sink import run_name, run_status
+    from lem.tracking.run_folder import read_run_folder, run_key
     from lem.tracking.sync import discover, sweep_id_for
     from lem.tracking.sweep import read_sweep_file
 
@@ -176,7 +174,7 @@ def write_csv(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lem.export",
+        prog="lem export",
         description="Export lem runs as CSV (one row per run): key params and headline metrics.",
         epilog="Examples:\n"
         "  python -m lem.export -o runs.csv\n"

@@ -1,31 +1,26 @@
-"""Log one job (a single run or one job of a sweep) from inside the job's process.
+"""Log one job's finished run folder (a single run or one job of a sweep) from the job's process.
 
-:func:`run_tracked` wraps the measured run: whatever happens, the run directory is logged —
-FINISHED, or FAILED with its traceback (also kept as ``error.txt`` in the run directory) —
-and the exception is re-raised for the caller to report. Tracking never breaks a run: an
-unreachable store gives one warning and the local results stay complete.
+The job runs and writes its folder; then :func:`log_finished_job` logs that folder — FINISHED,
+or FAILED with its traceback (also kept as ``error.txt`` in the folder). Tracking never breaks
+a run: an unreachable store gives one warning and the local results stay complete.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lem.session import current
 from lem.tracking.store import ENV_PARENT_RUN_ID, ENV_SWEEP_ID, Target, TrackingUnavailable, target_from_config
-
-_HANDLED: set[str] = set()  # run dirs this process has logged (or tried to): the callback skips them
-
 
 def _key(run_dir: str | os.PathLike[str]) -> str:
     return str(Path(run_dir).resolve())
 
 
 def is_handled(run_dir: str | os.PathLike[str]) -> bool:
-    return _key(run_dir) in _HANDLED
+    return _key(run_dir) in current().tracking.logged_run_dirs
 
 
 def sweep_context() -> tuple[str | None, str | None, int | None, Path | None]:
@@ -103,7 +98,7 @@ def log_job(composed_cfg: Any, run_dir: str | os.PathLike[str], *, error_text: s
     from lem.tracking.mlflow_sink import log_run_dir
     from lem.tracking.store import warn_logging_failed, warn_unavailable
 
-    _HANDLED.add(_key(run_dir))
+    current().tracking.logged_run_dirs.add(_key(run_dir))
     if target is None:
         target = target_from_config(composed_cfg)
     if target is None:
@@ -136,29 +131,22 @@ def write_error(run_dir: str | os.PathLike[str], text: str) -> None:
             pass
 
 
-def run_tracked(lem_cfg: Any, composed_cfg: Any, run_dir: str | os.PathLike[str], run_fn: Callable[[], Any]) -> Any:
-    """Call ``run_fn()`` and log ``run_dir`` to MLflow: FINISHED, or FAILED with the traceback.
+def log_finished_job(lem_cfg: Any, composed_cfg: Any, run_dir: str | os.PathLike[str], *, error_text: str | None = None) -> str | None:
+    """Log a job's run folder once the job has ended: FINISHED, or FAILED with ``error_text`` (the
+    traceback, also kept as ``error.txt`` in the folder). Returns the MLflow run id, or None.
 
-    ``lem_cfg`` (the validated LemConfig, or None when validation itself is inside
-    ``run_fn``) gives the tracking settings; ``composed_cfg`` (Hydra's DictConfig) gives the
-    params. Exceptions from ``run_fn`` are re-raised after logging; in a multirun the
-    caller swallows them so the sweep goes on (see lem/__main__.py).
+    ``lem_cfg`` (the validated LemConfig) gives the tracking settings; ``composed_cfg`` (Hydra's
+    DictConfig) the params. Tracking never breaks a run: a bad tracking setting or an unreachable
+    store gives one warning and the local results stay complete.
     """
+    if error_text is not None:
+        write_error(run_dir, error_text)
     try:
         target = target_from_config(lem_cfg if lem_cfg is not None else composed_cfg)
     except ValueError as exc:
         print(f"lem: warning: {exc}; this run is not tracked", file=sys.stderr)
         target = None
     if target is None:
-        _HANDLED.add(_key(run_dir))
-    try:
-        result = run_fn()
-    except Exception:
-        text = traceback.format_exc()
-        write_error(run_dir, text)
-        if target is not None:
-            log_job(composed_cfg, run_dir, error_text=text, target=target)
-        raise
-    if target is not None:
-        log_job(composed_cfg, run_dir, target=target)
-    return result
+        current().tracking.logged_run_dirs.add(_key(run_dir))
+        return None
+    return log_job(composed_cfg, run_dir, error_text=error_text, target=target)

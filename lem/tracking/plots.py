@@ -22,7 +22,8 @@ PHASE_COLORS = {
 COMPONENT_COLORS = {"gpu": "#2e7d32", "cpu": "#1565c0", "dram": "#f9a825", "system": "#6d4c41"}
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed), its INFO logging quiet."""
     import logging
 
     import matplotlib
@@ -35,17 +36,18 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path, right: float = 1.0) -> Path:
+def save_figure(fig: Any, path: Path, right: float = 1.0) -> Path:
+    """Write ``fig`` as a PNG at ``path`` and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=(0, 0, right, 1))  # right < 1 leaves room for a legend beside the axes
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def power_timeline(rows: Sequence[Mapping[str, Any]], spans: Sequence[tuple[str, float, float]], path: Path, title: str = "") -> Path:
     """Power of every device over the run's clock, each phase shaded and labelled."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Patch
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -75,12 +77,12 @@ def power_timeline(rows: Sequence[Mapping[str, Any]], spans: Sequence[tuple[str,
         ax.set_title(f"Power over time{' — ' + title if title else ''}", pad=16)
     else:
         ax.set_title(f"Power over time: no power samples recorded (null){' — ' + title if title else ''}", pad=16)
-    return _save(fig, path, right=0.85 if phase_handles else 1.0)
+    return save_figure(fig, path, right=0.85 if phase_handles else 1.0)
 
 
 def energy_by_phase(summary: Mapping[str, Any], path: Path, title: str = "") -> Path:
     """Stacked bars: each phase's energy by component (estimated hatched); wall time when energy is null."""
-    plt = _pyplot()
+    plt = pyplot()
     phases = {k: v for k, v in (summary.get("phases") or {}).items() if isinstance(v, Mapping)}
     names = list(phases)
     groups: dict[tuple[str, str], list[float]] = {}
@@ -112,7 +114,7 @@ def energy_by_phase(summary: Mapping[str, Any], path: Path, title: str = "") -> 
         ax.bar(names, walls, color=[PHASE_COLORS.get(n, "#9e9e9e") for n in names], edgecolor="#555555")
         ax.set_ylabel("wall time (s)")
         ax.set_title(f"Energy not measured (null): phase wall time shown instead{suffix}", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- sweeps ---------------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ def choose_y(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str, str]:
 
 def sweep_pareto(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Each finished job as a point (output tokens/s, J/token), the Pareto front joined and ringed."""
-    plt = _pyplot()
+    plt = pyplot()
     x_metric = "throughput/output_tokens_per_s"
     y_metric, y_label, note = choose_y(rows)
     usable = [r for r in rows if r.get(x_metric) is not None and r.get(y_metric) is not None]
@@ -169,12 +171,12 @@ def sweep_pareto(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         title += f"\n({left_out} job(s) without both figures not shown: failed or not measured)"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sweep_heatmap(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, path: Path) -> Path:
     """J/token (or, when null everywhere, output tokens/s) over two swept parameters; failed cells marked."""
-    plt = _pyplot()
+    plt = pyplot()
     metric, label, note = "energy/j_per_output_token", "J/token", ""
     if not any(r.get(metric) is not None for r in rows):
         metric, label, note = "throughput/output_tokens_per_s", "output tokens/s", "J/token not measured (null): output tokens/s shown instead"
@@ -205,7 +207,7 @@ def sweep_heatmap(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, pat
             ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color="#212121",
                     bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 1})
     ax.set_title(note or f"{label} over {x_key} × {y_key}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _ordered(values: set[Any]) -> list[Any]:

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from lem.errors import first_line
+from lem.session import current
+
 DEFAULT_EXPERIMENT = "lem"
 STORE_DIRNAME = "mlruns"
 DB_FILENAME = "mlflow.db"
@@ -138,10 +141,8 @@ def _slug(name: str) -> str:
 
 
 # --- one connection per process; one warning per store ---------------------------------------
-
-_CONNECTIONS: dict[Target, tuple[Any, str]] = {}
-_UNAVAILABLE: dict[str, str] = {}  # uri -> why (sticky for the process: no retry storms in a sweep)
-_WARNED: set[str] = set()
+# Both are remembered in the process's session (lem.session.TrackingState): an unreachable store
+# stays unavailable for the process, so a sweep does not wait for it again job after job.
 
 
 def connect(target: Target) -> tuple[Any, str]:
@@ -150,22 +151,19 @@ def connect(target: Target) -> tuple[Any, str]:
     Raises TrackingUnavailable when the store cannot be reached; later calls for the same
     URI fail at once instead of waiting again.
     """
-    if target in _CONNECTIONS:
-        return _CONNECTIONS[target]
-    if target.uri in _UNAVAILABLE:
-        raise TrackingUnavailable(_UNAVAILABLE[target.uri])
+    state = current().tracking
+    if target in state.connections:
+        return state.connections[target]
+    if target.uri in state.unavailable:
+        raise TrackingUnavailable(state.unavailable[target.uri])
     try:
-        _probe(target.uri)
-        _quiet_mlflow_logging()
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=target.uri)
+        client = open_client(target.uri)
         experiment_id = _ensure_experiment(client, target)
     except Exception as exc:  # noqa: BLE001 - any failure to open the store means "unavailable"
-        reason = _one_line(exc)
-        _UNAVAILABLE[target.uri] = reason
+        reason = error_line(exc)
+        state.unavailable[target.uri] = reason
         raise TrackingUnavailable(reason) from exc
-    _CONNECTIONS[target] = (client, experiment_id)
+    state.connections[target] = (client, experiment_id)
     return client, experiment_id
 
 
@@ -181,6 +179,15 @@ def search_all_runs(client: Any, experiment_id: str, filter_string: str = "", or
             return runs
 
 
+def open_client(uri: str) -> Any:
+    """An MlflowClient on ``uri``, once the store answers (TrackingUnavailable at once when a server does not)."""
+    _probe(uri)
+    _quiet_mlflow_logging()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
 def _probe(uri: str) -> None:
     """Fail fast: MLflow's own HTTP client retries for minutes before giving up."""
     if uri.startswith(("http://", "https://")):
@@ -190,7 +197,7 @@ def _probe(uri: str) -> None:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:  # noqa: S310 - the user's server
                 response.read(64)
         except Exception as exc:  # noqa: BLE001
-            raise TrackingUnavailable(f"no MLflow server answers at {uri} ({_one_line(exc)})") from None
+            raise TrackingUnavailable(f"no MLflow server answers at {uri} ({error_line(exc)})") from None
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -226,9 +233,10 @@ def _quiet_mlflow_logging() -> None:
 
 def warn_unavailable(target: Target, reason: str, results_path: str | os.PathLike[str] | None) -> None:
     """One warning line per store and process, saying where the results are and how to log them later."""
-    if target.uri in _WARNED:
+    warned = current().tracking.warned
+    if target.uri in warned:
         return
-    _WARNED.add(target.uri)
+    warned.add(target.uri)
     where = f"; local results are in {results_path}" if results_path else ""
     later = f"python -m lem.sync {results_path}" if results_path else "python -m lem.sync RESULTS_DIR"
     print(
@@ -241,26 +249,31 @@ def warn_unavailable(target: Target, reason: str, results_path: str | os.PathLik
 
 def warn_logging_failed(run_dir: str | os.PathLike[str], exc: BaseException) -> None:
     print(
-        f"lem: warning: could not log {run_dir} to MLflow ({_one_line(exc)}); "
+        f"lem: warning: could not log {run_dir} to MLflow ({error_line(exc)}); "
         f"the local results are complete; retry with: python -m lem.sync {run_dir}",
         file=sys.stderr,
         flush=True,
     )
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    if isinstance(exc, TrackingUnavailable) and first:  # already says what failed
-        return first[:300]
-    return f"{type(exc).__name__}: {first}"[:300] if first else type(exc).__name__
+def error_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception, at most 300 characters, for a warning or an error message.
+
+    A TrackingUnavailable gives its line alone (it already says what failed); an exception
+    without a message gives its type's name.
+    """
+    line = first_line(exc)
+    if isinstance(exc, TrackingUnavailable) or not str(exc).strip():
+        return line[:300]
+    return f"{type(exc).__name__}: {line}"[:300]
 
 
 def reset_connections() -> None:
     """Forget connections and failures (tests; a long-lived process whose server came back)."""
-    _CONNECTIONS.clear()
-    _UNAVAILABLE.clear()
-    _WARNED.clear()
+    state = current().tracking
+    state.connections.clear()
+    state.unavailable.clear()
+    state.warned.clear()
 
 
 # --- provenance ----------------------------------------------------------------------------------

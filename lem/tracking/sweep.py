@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lem.tracking.mlflow_sink import PARENT_TAG, SWEEP_ID_TAG, _user, config_params
+from lem.tracking.metrics import config_params
+from lem.tracking.mlflow_sink import PARENT_TAG, SWEEP_ID_TAG, user_name
 from lem.tracking.store import SWEEP_FILE, Target, connect, git_commit, search_all_runs
 
 KIND_TAG = "lem.kind"
@@ -95,7 +96,7 @@ def create_parent(
         KIND_TAG: "sweep",
         SWEEP_ID_TAG: sweep_id,
         "lem.overrides": " ".join(overrides),
-        "mlflow.user": _user(),
+        "mlflow.user": user_name(),
         "mlflow.source.name": "python -m lem -m" if live else "python -m lem.sync",
         "mlflow.source.type": "LOCAL",
         "mlflow.note.content": "Hydra multirun: `python -m lem -m " + " ".join(overrides) + "`\n\n"

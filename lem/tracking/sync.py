@@ -47,7 +47,7 @@ class Sweep:
 
 
 def _job_dirs(path: Path) -> list[Path]:
-    from lem.tracking.mlflow_sink import is_run_dir
+    from lem.tracking.run_folder import is_run_dir
 
     jobs = [p for p in path.iterdir() if p.is_dir() and p.name.isdigit() and is_run_dir(p)]
     return sorted(jobs, key=lambda p: int(p.name))
@@ -74,7 +74,7 @@ def _skipped(path: Path) -> bool:
 
 def discover(paths: Sequence[Path]) -> tuple[list[Sweep], list[Path]]:
     """The sweeps and the stand-alone runs under ``paths``, each once, in a stable order."""
-    from lem.tracking.mlflow_sink import is_run_dir
+    from lem.tracking.run_folder import is_run_dir
 
     sweeps: dict[Path, Sweep] = {}
     runs: dict[Path, None] = {}
@@ -159,7 +159,8 @@ class Report:
 
 def sync_run(path: Path, args: argparse.Namespace, report: Report, *, parent_run_id: str | None = None,
              sweep_id: str | None = None, target: Target | None = None) -> None:
-    from lem.tracking.mlflow_sink import log_run_dir, read_run_folder, run_name, run_status
+    from lem.tracking.mlflow_sink import log_run_dir, run_name, run_status
+    from lem.tracking.run_folder import read_run_folder
 
     folder = read_run_folder(path)
     target = target or target_for(folder.config, args.tracking_uri, args.experiment)
@@ -182,7 +183,7 @@ def sync_run(path: Path, args: argparse.Namespace, report: Report, *, parent_run
 
 
 def sync_sweep(sweep: Sweep, args: argparse.Namespace, report: Report) -> None:
-    from lem.tracking.mlflow_sink import read_run_folder, run_key
+    from lem.tracking.run_folder import read_run_folder, run_key
     from lem.tracking.sweep import create_parent, finalize_parent, find_parent, read_sweep_file
 
     if not sweep.jobs:
@@ -230,7 +231,7 @@ def _first_start_ms(jobs: Sequence[Path]) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lem.sync",
+        prog="lem sync",
         description="Log lem result folders (runs and multirun sweeps) to MLflow; runs already there are skipped.",
         epilog="Example: python -m lem.sync multirun/2026-05-01/12-00-00 outputs/ --tracking-uri http://mlflow.example:5000",
     )

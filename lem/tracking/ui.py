@@ -90,7 +90,7 @@ def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lem.ui", description="The MLflow UI over lem's runs, on 127.0.0.1.")
+    parser = argparse.ArgumentParser(prog="lem ui", description="The MLflow UI over lem's runs, on 127.0.0.1.")
     parser.add_argument("--store", type=Path, default=None, help="store folder holding mlflow.db and artifacts/ (default: <project>/mlruns)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")

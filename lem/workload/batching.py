@@ -23,7 +23,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Sequence
 
-from lem.config import BatchingConfig, BatchingStrategy
+from lem.config.schema import BatchingConfig
+from lem.config.types import BatchingStrategy
 from lem.errors import ConfigError
 from lem.workload.types import PreparedRequest
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from lem.config import ChatTemplate, ModelConfig
+from lem.config.schema import ModelConfig
+from lem.config.types import ChatTemplate
 from lem.errors import ConfigError, LemError
 from lem.workload.types import PreparedRequest, Prompt
 

@@ -34,7 +34,8 @@ import random
 from itertools import cycle, islice
 from typing import Any, Callable, Iterable, Sequence
 
-from lem.config import DatasetConfig, DatasetSource, LengthDistribution, SyntheticConfig
+from lem.config.schema import DatasetConfig, SyntheticConfig
+from lem.config.types import DatasetSource, LengthDistribution
 from lem.errors import ConfigError, LemError
 from lem.workload.types import Prompt
 

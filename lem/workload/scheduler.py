@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from lem.config import BatchingConfig
+from lem.config.schema import BatchingConfig
 from lem.workload.batching import plan_batches
 from lem.workload.types import PreparedRequest
 

@@ -8,7 +8,8 @@ request arrives at t = 0. Seeded, so a schedule is reproducible.
 
 from __future__ import annotations
 
-from lem.config import ArrivalProcess, TrafficConfig
+from lem.config.schema import TrafficConfig
+from lem.config.types import ArrivalProcess
 
 
 def arrival_offsets_s(n_requests: int, traffic: TrafficConfig) -> list[float]:

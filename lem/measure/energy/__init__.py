@@ -4,12 +4,15 @@ Usable without Hydra::
 
     from lem.measure.energy import EnergyMeter
 
-    with EnergyMeter.from_config(EnergyConfig(), cuda_device_indices=[0]) as meter:
+    with EnergyMeter.for_devices([0], idle_baseline_s=0) as meter:
         meter.begin_window("work")
         ...
         window = meter.end_window("work")
     print(window.readings)
 
+Modules: ``meter`` (the windows), ``sampler`` (the background reads and the timeline),
+``window`` (a window's readings and warnings), ``baseline`` (idle power and its cache),
+``sources`` and its implementations ``nvml``, ``rapl``, ``carbon``; ``arithmetic`` (pure).
 Light to import: pynvml and codecarbon are imported only when a meter starts.
 """
 

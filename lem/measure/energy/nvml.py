@@ -15,12 +15,12 @@ parsed the way the CUDA driver does.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lem.errors import LemError
+from lem.measure.cuda import cuda_in_use
 from lem.measure.energy.sources import Channel, Key, Sample, Source
 
 INSTALL = "pip install nvidia-ml-py"
@@ -188,13 +188,13 @@ def _mig_uuids(nvml: Any, handle: Any) -> list[str]:
 
 def torch_cuda_uuids(indices: Sequence[int]) -> dict[int, str]:
     """UUIDs of CUDA devices from torch, only when torch is imported and CUDA already initialised."""
-    torch = sys.modules.get("torch")
     out: dict[int, str] = {}
     try:
-        if torch is None or not torch.cuda.is_initialized():
+        cuda = cuda_in_use()
+        if cuda is None:
             return out
         for i in indices:
-            uuid = getattr(torch.cuda.get_device_properties(i), "uuid", None)
+            uuid = getattr(cuda.get_device_properties(i), "uuid", None)
             if uuid is not None:
                 out[i] = str(uuid)
     except Exception:

@@ -1,0 +1,1 @@
+"""llama_cpp engine: config.py (its knobs and checks) and engine.py (the adapter)."""

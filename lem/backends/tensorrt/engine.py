@@ -1,0 +1,354 @@
+"""The TensorRT-LLM engine adapter, written against TensorRT-LLM 1.x's LLM API (1.0 to 1.2).
+
+Used: ``tensorrt_llm.LLM`` (1.x's default PyTorch runtime) or, with
+``backend.tensorrt.runtime=trt_engine``, ``tensorrt_llm._tensorrt_engine.LLM``, which builds a
+TensorRT engine from ``BuildConfig`` and ``QuantConfig(quant_algo=QuantAlgo.<name>)``; both take
+``KvCacheConfig(free_gpu_memory_fraction=...)`` and tensor/pipeline parallel sizes. Requests go
+in as token ids through ``LLM.generate_async(token_ids, SamplingParams, streaming=True)``, whose
+result is an async iterator: each step's new tokens are ``outputs[0].token_ids_diff``.
+
+Every request is submitted at its arrival time from an asyncio loop on a worker thread (the
+executor schedules them itself: in-flight batching), and each streamed delta is timed with
+``perf_counter`` when it reaches lem — as the PyTorch and vLLM adapters time theirs. Finished
+requests cross to the caller through a queue, so the caller's record writing never delays the
+timing of tokens still streaming.
+
+tensorrt_llm is imported in ``init_engine`` only, so ``python -m lem --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import queue
+import threading
+import time
+from enum import Enum
+from typing import Any, Iterator, Sequence
+
+from lem.backends.base import EngineSpec, EngineDescription, LoadedTokenizer, RawGeneration, check_requests_fit, serve_together
+from lem.backends.cuda import cuda_device_names, empty_cuda_cache
+from lem.backends.hf_files import context_length, hub_revision
+from lem.backends.serving import engine_parallel_sizes
+from lem.backends.tensorrt.config import TensorRTRuntime
+from lem.errors import ConfigError, LemError, first_line
+from lem.workload.types import GenerationParams, PreparedRequest
+
+_DONE = object()  # the worker thread's last message
+
+
+def tensorrt_llm_args(spec: EngineSpec, model_path: str, llmapi: Any) -> dict[str, Any]:
+    """Keyword arguments for the ``LLM`` constructor of the configured runtime; ``llmapi`` is
+    ``tensorrt_llm.llmapi`` (KvCacheConfig, BuildConfig, QuantConfig, QuantAlgo)."""
+    t = spec.options
+    tp, pp = engine_parallel_sizes(spec.sharding, spec.options, "tensorrt")
+    passthrough = dict(t.llm_args)
+    kv_cache = {"free_gpu_memory_fraction": t.kv_cache_free_gpu_memory_fraction, **(passthrough.pop("kv_cache_config", None) or {})}
+    limits: dict[str, Any] = {
+        "max_batch_size": t.max_batch_size,
+        # Room for the longest prompt lem can send plus a full-length answer (within the model's own
+        # context), so no request is cut short; serve() refuses any request that would not fit.
+        "max_input_len": t.max_input_len or context_length(model_path, spec.max_input_tokens),
+        "max_seq_len": t.max_seq_len or context_length(model_path, spec.max_input_tokens + spec.max_output_tokens),
+        "max_num_tokens": t.max_num_tokens,
+    }
+    args: dict[str, Any] = {
+        "model": model_path,
+        "dtype": spec.precision.dtype.value,  # auto | float16 | bfloat16 | float32 are TensorRT-LLM's names too
+        "trust_remote_code": spec.model.trust_remote_code,
+        "tensor_parallel_size": tp,
+        "pipeline_parallel_size": pp,
+        "kv_cache_config": llmapi.KvCacheConfig(**kv_cache),
+    }
+    revision = hub_revision(spec.model, model_path)
+    if revision:
+        args["revision"] = revision
+    if t.runtime is TensorRTRuntime.trt_engine:
+        # Engine shapes are fixed when the engine is built: the limits belong to its BuildConfig.
+        build = {k: v for k, v in limits.items() if v is not None}
+        build.update(passthrough.pop("build_config", None) or {})
+        args["build_config"] = llmapi.BuildConfig(**build)
+        if t.quantization:
+            args["quant_config"] = llmapi.QuantConfig(quant_algo=_quant_algo(llmapi, t.quantization))
+    else:
+        if t.max_input_len is None:
+            limits.pop("max_input_len")  # the PyTorch runtime checks prompts against max_num_tokens, not this
+        args.update({k: v for k, v in limits.items() if v is not None})
+    args.update(passthrough)
+    return args
+
+
+def tensorrt_sampling_kwargs(params: GenerationParams, eos_token_ids: frozenset[int], primary_eos: int | None) -> dict[str, Any]:
+    """``SamplingParams`` fields for lem's engine-independent decoding settings."""
+    eos = sorted(eos_token_ids)
+    end_id = primary_eos if primary_eos is not None else (eos[0] if eos else None)
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": params.max_output_tokens,
+        "ignore_eos": params.ignore_eos,  # exactly max_tokens
+        "repetition_penalty": params.repetition_penalty,
+        "detokenize": False,  # lem counts token ids; detokenising would add CPU work no other engine does
+        "end_id": end_id,  # set explicitly, so TensorRT-LLM does not pick its own from its tokenizer
+    }
+    if params.min_output_tokens > 0:
+        kwargs["min_tokens"] = params.min_output_tokens
+    if params.do_sample:
+        # top_k=0 means "all logits" in TensorRT-LLM, as in lem.
+        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, seed=params.seed)
+    else:
+        kwargs["temperature"] = 0.0  # TensorRT-LLM's documented greedy setting
+    others = [i for i in eos if i != end_id]
+    if not params.ignore_eos and others:
+        kwargs["stop_token_ids"] = others  # the rest of the EOS set every engine stops on
+    return kwargs
+
+
+class TensorRTBackend(LoadedTokenizer):
+    """``ContinuousBackend`` on TensorRT-LLM's LLM API: requests submitted at arrival, tokens streamed back."""
+
+    scheduling = "continuous"  # the engine schedules requests itself; lem hands them over at arrival
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self._trtllm: Any = None
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._eos_ids: frozenset[int] = frozenset()
+        self._llm_args: dict[str, Any] = {}
+        self._model_path: str | None = None
+
+    # -- phases -------------------------------------------------------------------------
+
+    def init_engine(self) -> None:
+        import tensorrt_llm  # importing it (torch, TensorRT, MPI bindings) is part of this engine's start-up
+
+        self._trtllm = tensorrt_llm
+
+    def load_model(self) -> None:
+        """Build the LLM: TensorRT-LLM loads weights, sizes the KV cache (and, for trt_engine, builds
+        the TensorRT engine) in one constructor, so all of that is measured as model_load."""
+        if self._trtllm is None:
+            self.init_engine()
+        from tensorrt_llm import llmapi
+
+        from lem.backends.hf_files import eos_token_ids, load_tokenizer
+        from lem.models.resolve import resolve_model_path
+
+        path = resolve_model_path(self.spec.model)
+        self._model_path = path
+        self._tokenizer = load_tokenizer(self.spec.model, path)
+        self._eos_ids = eos_token_ids(self.spec.model, path, self._tokenizer)
+        self._llm_args = tensorrt_llm_args(self.spec, path, llmapi)
+        llm_class = self._llm_class()
+        try:
+            self._llm = llm_class(**self._llm_args)
+        except (ValueError, TypeError) as e:  # TensorRT-LLM's argument and model checks
+            raise LemError(f"backend=tensorrt: TensorRT-LLM refused to start the engine: {first_line(e)}") from e
+
+    def serve(
+        self, requests: Sequence[PreparedRequest], arrival_times: Sequence[float], params: GenerationParams
+    ) -> Iterator[RawGeneration]:
+        llm = self._require_llm()
+        check_requests_fit(requests, params.max_output_tokens, self._max_seq_len(), "backend.tensorrt.max_seq_len")
+        if not requests:
+            return
+        finished: queue.Queue[Any] = queue.Queue()
+        worker = _ServeThread(llm, self._trtllm.SamplingParams, self._sampling_kwargs(params), requests, arrival_times, finished)
+        worker.start()
+        try:
+            while True:
+                item = finished.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            worker.stop()
+
+    def generate(self, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
+        return serve_together(self, batch, params)
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: a streamed token reaches lem only after the executor produced it on the
+        GPU, and lem queues no device work of its own."""
+
+    def describe(self) -> EngineDescription:
+        from lem.backends.hf_files import checkpoint_dtype
+
+        version = getattr(self._trtllm, "__version__", "unknown") if self._trtllm is not None else "not loaded"
+        tp, pp = engine_parallel_sizes(self.spec.sharding, self.spec.options, "tensorrt")
+        dtype = self.spec.precision.dtype.value
+        if dtype == "auto" and self._model_path is not None:
+            dtype = checkpoint_dtype(self._model_path) or dtype  # the PyTorch runtime keeps the checkpoint's dtype
+        t = self.spec.options
+        extra: dict[str, Any] = {
+            "runtime": t.runtime.value,
+            "llm_args": {k: _plain(v) for k, v in self._llm_args.items() if k != "model"},
+            "model_path": self._model_path,
+            "use_cache": True,  # paged KV cache, always on
+            "quantization": t.quantization,
+            "token_times": "host perf_counter when each streamed delta reached lem",
+            "setup_phases": "model_load holds TensorRT-LLM's whole constructor: weights, KV cache (and engine build for trt_engine)",
+        }
+        return EngineDescription(
+            engine="tensorrt",
+            engine_version=f"tensorrt_llm {version}",
+            device_type="cuda",
+            device_names=cuda_device_names(tp * pp),
+            dtype=dtype,
+            num_threads=None,
+            extra=extra,
+        )
+
+    def unload(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None and hasattr(llm, "shutdown"):
+            llm.shutdown()  # stops the executor and its worker processes now, not at exit
+        del llm
+        gc.collect()
+        empty_cuda_cache()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _require_llm(self) -> Any:
+        if self._llm is None:
+            raise RuntimeError("load_model() must run before serve()")
+        return self._llm
+
+    def _llm_class(self) -> Any:
+        if self.spec.options.runtime is TensorRTRuntime.trt_engine:
+            from tensorrt_llm._tensorrt_engine import LLM  # 1.x's home of the TensorRT-engine LLM
+
+            return LLM
+        return self._trtllm.LLM
+
+    def _sampling_kwargs(self, params: GenerationParams) -> dict[str, Any]:
+        primary = getattr(self._tokenizer, "eos_token_id", None)
+        return tensorrt_sampling_kwargs(params, self._eos_ids, int(primary) if primary is not None else None)
+
+    def _max_seq_len(self) -> int | None:
+        if "build_config" in self._llm_args:
+            return getattr(self._llm_args["build_config"], "max_seq_len", None)
+        return self._llm_args.get("max_seq_len")
+
+
+class _ServeThread:
+    """An asyncio loop on a worker thread: one task per request sleeps until its arrival, submits it
+    and reads its stream; each finished RawGeneration (or the first error) goes to ``finished``."""
+
+    def __init__(
+        self,
+        llm: Any,
+        sampling_class: Any,
+        sampling_kwargs: dict[str, Any],
+        requests: Sequence[PreparedRequest],
+        arrival_times: Sequence[float],
+        finished: queue.Queue[Any],
+    ) -> None:
+        self._llm = llm
+        self._sampling_class = sampling_class
+        self._sampling_kwargs = sampling_kwargs
+        self._work = list(zip(requests, arrival_times, strict=True))
+        self._finished = finished
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[Any] | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lem-tensorrt-serve", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+
+    def stop(self) -> None:
+        """Cancel what is still running (a caller that stopped early) and wait for the thread."""
+        if self._thread.is_alive() and self._loop is not None and self._main is not None:
+            self._loop.call_soon_threadsafe(self._main.cancel)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve_all())
+        except asyncio.CancelledError:
+            pass
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, raised there
+            self._finished.put(e)
+        finally:
+            self._ready.set()  # also when the loop failed before it started serving
+        self._finished.put(_DONE)
+
+    async def _serve_all(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._main = asyncio.current_task()
+        self._ready.set()
+        await asyncio.gather(*(self._serve_one(request, arrival) for request, arrival in self._work))
+
+    async def _serve_one(self, request: PreparedRequest, arrival: float) -> None:
+        delay = arrival - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        handed = time.perf_counter()
+        # One SamplingParams per request: the LLM API fills fields of the object it is given.
+        sampling = self._sampling_class(**self._sampling_kwargs)
+        # Called inside the running loop, so the result streams through an asyncio queue.
+        stream = self._llm.generate_async(list(request.input_ids), sampling_params=sampling, streaming=True)
+        token_ids: list[int] = []
+        token_times: list[float] = []
+        try:
+            async for output in stream:
+                received = time.perf_counter()
+                new_ids = list(output.outputs[0].token_ids_diff)
+                token_ids.extend(new_ids)
+                token_times.extend([received] * len(new_ids))  # a multi-token delta arrived at once
+        except asyncio.CancelledError:
+            stream.abort()
+            await _drain(stream)  # the engine's final "cancelled" response must land before this loop closes
+            raise
+        self._finished.put(
+            RawGeneration(
+                request_id=request.request_id,
+                output_token_ids=token_ids,
+                token_times=token_times,
+                start_time=handed,  # when lem submitted it; the executor schedules it from then on
+                padded_input_tokens=None,  # paged KV cache, no padding
+                arrival_time=arrival,
+            )
+        )
+
+
+async def _drain(stream: Any, timeout_s: float = 10.0) -> None:
+    async def rest() -> None:
+        async for _ in stream:
+            pass
+
+    try:
+        await asyncio.wait_for(rest(), timeout_s)
+    except Exception:  # noqa: BLE001 - best effort while shutting a stopped serve down
+        pass
+
+
+def _quant_algo(llmapi: Any, name: str) -> Any:
+    algo = getattr(llmapi.QuantAlgo, name.upper(), None)
+    if algo is None:
+        names = ", ".join(m for m in getattr(llmapi.QuantAlgo, "__members__", {}))
+        raise ConfigError("backend.tensorrt.quantization", name, f"a QuantAlgo name: {names}")
+    return algo
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly view of a config object for the run header."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    for dump in ("model_dump", "to_dict"):
+        if hasattr(value, dump):
+            try:
+                return _plain(getattr(value, dump)())
+            except Exception:  # noqa: BLE001 - a description only; fall back to repr
+                break
+    if hasattr(value, "__dict__"):
+        return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
+    return repr(value)

@@ -1,0 +1,1 @@
+"""vllm engine: config.py (its knobs and checks) and engine.py (the adapter)."""

@@ -1,0 +1,1 @@
+"""lem's configuration: option vocabularies (types), the schema per group (schema), the checks (checks, rules)."""

@@ -1,0 +1,151 @@
+"""Validation: one ``check_<group>`` per config group, run in order by ``validate``.
+
+Ranges, combinations, files and packages are checked before any model loads; each problem is
+one ``ConfigError`` line naming the key, the value and what is allowed. Each engine's own
+checks live beside its config (``lem.backends.<engine>.config``) and run from
+``check_backend``. No heavy import: CUDA is asked of torch only when the config asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lem.backends.registry import ENGINES
+from lem.config.rules import at_least, in_range, require_cuda, require_package, resolve_device
+from lem.config.schema import LemConfig
+from lem.config.types import EMBEDDED_MODEL, ArrivalProcess, BatchingStrategy, DatasetSource, Device, DType, Quantization, ShardingStrategy
+from lem.errors import ConfigError
+
+
+def validate(cfg: LemConfig) -> None:
+    """Check the whole config; raise ConfigError on the first problem."""
+    for check in (check_dataset, check_batching, check_decoder, check_traffic, check_sharding, check_energy, check_run, check_backend, check_precision, check_model):
+        check(cfg)
+
+
+def check_dataset(cfg: LemConfig) -> None:
+    ds = cfg.dataset
+    at_least("dataset.n_prompts", ds.n_prompts, 1)
+    at_least("dataset.max_input_tokens", ds.max_input_tokens, 1)
+    at_least("dataset.max_output_tokens", ds.max_output_tokens, 1)
+    at_least("dataset.min_output_tokens", ds.min_output_tokens, 0)
+    if ds.min_output_tokens > ds.max_output_tokens:
+        raise ConfigError("dataset.min_output_tokens", ds.min_output_tokens, f"at most dataset.max_output_tokens ({ds.max_output_tokens})")
+    if ds.source is DatasetSource.file:
+        if not ds.path:
+            raise ConfigError("dataset.path", ds.path, "a .jsonl, .json or .csv file when dataset.source=file")
+        if not os.path.isfile(ds.path):
+            raise ConfigError("dataset.path", ds.path, "an existing .jsonl, .json or .csv file")
+        if not ds.path.lower().endswith((".jsonl", ".json", ".csv")):
+            raise ConfigError("dataset.path", ds.path, "a file ending in .jsonl, .json or .csv")
+    if ds.source is DatasetSource.hf:
+        if not ds.hf_name:
+            raise ConfigError("dataset.hf_name", ds.hf_name, "a dataset name such as tatsu-lab/alpaca when dataset.source=hf")
+        require_package("dataset.source", "hf", "datasets", "pip install datasets")
+    if ds.source is DatasetSource.synthetic:
+        syn = ds.synthetic
+        at_least("dataset.synthetic.input_tokens_min", syn.input_tokens_min, 1)
+        at_least("dataset.synthetic.input_tokens_mean", syn.input_tokens_mean, 1)
+        at_least("dataset.synthetic.input_tokens_std", syn.input_tokens_std, 0)
+        if syn.input_tokens_max < syn.input_tokens_min:
+            raise ConfigError("dataset.synthetic.input_tokens_max", syn.input_tokens_max, f"at least dataset.synthetic.input_tokens_min ({syn.input_tokens_min})")
+        if syn.input_tokens_min > ds.max_input_tokens:
+            raise ConfigError("dataset.synthetic.input_tokens_min", syn.input_tokens_min, f"at most dataset.max_input_tokens ({ds.max_input_tokens})")
+
+
+def check_batching(cfg: LemConfig) -> None:
+    b, ds = cfg.batching, cfg.dataset
+    at_least("batching.batch_size", b.batch_size, 1)
+    if b.strategy in (BatchingStrategy.dynamic, BatchingStrategy.sorted_dynamic):
+        at_least("batching.max_tokens_per_batch", b.max_tokens_per_batch, 1)
+        if b.max_tokens_per_batch is not None and b.max_tokens_per_batch < ds.max_output_tokens + 1:
+            raise ConfigError(
+                "batching.max_tokens_per_batch", b.max_tokens_per_batch,
+                f"room for at least one request: >= max_output_tokens + 1 ({ds.max_output_tokens + 1})",
+            )
+    elif b.max_tokens_per_batch is not None:
+        raise ConfigError("batching.max_tokens_per_batch", b.max_tokens_per_batch, "null unless batching.strategy is dynamic or sorted_dynamic")
+
+
+def check_decoder(cfg: LemConfig) -> None:
+    d = cfg.decoder
+    in_range("decoder.temperature", d.temperature, 0.0, 100.0, low_open=d.do_sample)
+    in_range("decoder.top_p", d.top_p, 0.0, 1.0, low_open=True)
+    at_least("decoder.top_k", d.top_k, 0)
+    in_range("decoder.repetition_penalty", d.repetition_penalty, 0.0, 100.0, low_open=True)
+
+
+def check_traffic(cfg: LemConfig) -> None:
+    t = cfg.traffic
+    if t.arrival is ArrivalProcess.offline:
+        if t.target_qps is not None:
+            raise ConfigError("traffic.target_qps", t.target_qps, "null when traffic.arrival=offline")
+    elif t.target_qps is None or t.target_qps <= 0:
+        raise ConfigError("traffic.target_qps", t.target_qps, f"a rate > 0 requests/s when traffic.arrival={t.arrival.value}")
+    in_range("traffic.burstiness", t.burstiness, 0.0, 1000.0, low_open=True)
+
+
+def check_sharding(cfg: LemConfig) -> None:
+    """The engine-independent part; how an engine spreads over devices is checked with the engine."""
+    s = cfg.sharding
+    at_least("sharding.num_shards", s.num_shards, 1)
+    at_least("sharding.num_processes", s.num_processes, 1)
+    if s.strategy is ShardingStrategy.none and (s.num_shards != 1 or s.num_processes != 1):
+        raise ConfigError("sharding.strategy", s.strategy.value, "tensor_parallel, pipeline_parallel or data_parallel when num_shards or num_processes > 1")
+
+
+def check_energy(cfg: LemConfig) -> None:
+    e = cfg.energy
+    at_least("energy.idle_baseline_s", e.idle_baseline_s, 0)
+    at_least("energy.idle_baseline_cache_max_age_s", e.idle_baseline_cache_max_age_s, 0)
+    in_range("energy.sample_interval_ms", e.sample_interval_ms, 1.0, 60_000.0)
+    in_range("energy.pue", e.pue, 1.0, 5.0)
+    if e.carbon_intensity_g_per_kwh is not None:
+        at_least("energy.carbon_intensity_g_per_kwh", e.carbon_intensity_g_per_kwh, 0)
+    cc = e.codecarbon
+    in_range("energy.codecarbon.measure_power_secs", cc.measure_power_secs, 0.1, 3600.0)
+    if cc.tracking_mode not in ("machine", "process"):
+        raise ConfigError("energy.codecarbon.tracking_mode", cc.tracking_mode, "machine or process")
+    if cc.cpu_tdp_w is not None:
+        in_range("energy.codecarbon.cpu_tdp_w", cc.cpu_tdp_w, 0.0, 10_000.0, low_open=True)
+    if cc.ram_power_w is not None:
+        in_range("energy.codecarbon.ram_power_w", cc.ram_power_w, 0.0, 10_000.0)
+    if not cc.country_iso_code.isalpha() or len(cc.country_iso_code) != 3:
+        raise ConfigError("energy.codecarbon.country_iso_code", cc.country_iso_code, "a 3-letter ISO 3166 country code such as USA, FRA, DEU")
+
+
+def check_run(cfg: LemConfig) -> None:
+    r = cfg.run
+    at_least("cycles", cfg.cycles, 1)
+    at_least("run.cycle_cooldown_s", r.cycle_cooldown_s, 0)
+    at_least("run.warmup_batches", r.warmup_batches, 0)
+    at_least("run.warmup_max_output_tokens", r.warmup_max_output_tokens, 1)
+
+
+def check_backend(cfg: LemConfig) -> None:
+    """The chosen engine's own checks (its knobs, and what it can run: sharding, precision, devices)."""
+    ENGINES[cfg.backend.name.value].check(cfg)
+
+
+def check_precision(cfg: LemConfig) -> None:
+    p, device = cfg.precision, cfg.backend.device
+    if p.quantization is not Quantization.none:
+        if resolve_device(device) is Device.cpu:
+            raise ConfigError("precision.quantization", p.quantization.value, "none on backend.device=cpu (bitsandbytes 8/4-bit needs CUDA)")
+        require_package("precision.quantization", p.quantization.value, "bitsandbytes", "pip install bitsandbytes")
+        if p.dtype is DType.float32:
+            raise ConfigError("precision.dtype", p.dtype.value, "float16, bfloat16 or auto with quantized weights")
+    if p.dtype is DType.float16 and resolve_device(device) is Device.cpu:
+        raise ConfigError("precision.dtype", "float16", "float32, bfloat16 or auto on a CPU (no CUDA GPU here; CPU float16 matmuls are emulated)")
+    if device is Device.cuda:
+        require_cuda("backend.device", "cuda")
+
+
+def check_model(cfg: LemConfig) -> None:
+    name = cfg.model.name_or_path
+    if not name.strip():
+        raise ConfigError("model.name_or_path", "", f"a Hugging Face model id, a local model directory or {EMBEDDED_MODEL}")
+    if name.startswith("embedded:") and name != EMBEDDED_MODEL:
+        raise ConfigError("model.name_or_path", name, f"{EMBEDDED_MODEL}, a Hugging Face model id or a local path")
+    if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        raise ConfigError("model.name_or_path", name, "an existing local model directory, a Hugging Face model id or " + EMBEDDED_MODEL)

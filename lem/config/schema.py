@@ -1,0 +1,232 @@
+"""The schema: every option of lem is a field of a dataclass here, one per config group.
+
+Registered in Hydra's ConfigStore as the schema of the composed config (``lem_schema``), with
+each engine's own dataclass (``lem.backends.<engine>.config``, listed in
+``lem.backends.registry``) nested under ``backend.<engine>`` and registered as an option of the
+``backend`` group. YAML under ``conf/`` holds only defaults lists and overlays. OmegaConf
+enforces key names and types while Hydra composes; ``lem.config.checks`` adds ranges and
+cross-field rules. Light: no torch, transformers or mlflow imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, make_dataclass
+from enum import Enum
+from typing import Any
+
+from lem.backends.registry import ENGINES
+from lem.config.types import (
+    EMBEDDED_MODEL,
+    ArrivalProcess,
+    BatchingStrategy,
+    ChatTemplate,
+    DatasetSource,
+    Device,
+    DType,
+    FlopsStrategy,
+    Isolation,
+    LengthDistribution,
+    Quantization,
+    ReportFormat,
+    ShardingStrategy,
+)
+
+# backend=<name>: one option per registered engine.
+BackendName = Enum("BackendName", [(name, name) for name in ENGINES], module=__name__, qualname="BackendName")
+
+# backend.name, backend.device, and backend.<engine>.* for every registered engine (its own dataclass).
+BackendConfig = make_dataclass(
+    "BackendConfig",
+    [
+        ("name", BackendName, field(default=BackendName["pytorch"])),
+        ("device", Device, field(default=Device.auto)),
+        *((name, engine.config, field(default_factory=engine.config)) for name, engine in ENGINES.items()),
+    ],
+)
+BackendConfig.__module__ = __name__  # so a LemConfig pickles into an engine worker (make_dataclass's module= is 3.12+)
+
+
+@dataclass
+class ModelConfig:
+    # A Hugging Face model id, a local directory, or "embedded:smollm2-135m-instruct".
+    name_or_path: str = EMBEDDED_MODEL
+    revision: str | None = None
+    trust_remote_code: bool = False
+    chat_template: ChatTemplate = ChatTemplate.auto
+    system_prompt: str | None = None
+
+
+@dataclass
+class SyntheticConfig:
+    input_length_distribution: LengthDistribution = LengthDistribution.uniform
+    input_tokens_mean: int = 128
+    input_tokens_std: float = 32.0  # normal / lognormal only
+    input_tokens_min: int = 16
+    input_tokens_max: int = 256
+
+
+@dataclass
+class DatasetConfig:
+    source: DatasetSource = DatasetSource.builtin
+    path: str | None = None  # file: a .jsonl / .json / .csv file
+    column: str = "prompt"  # file and hf: the field holding the prompt text
+    hf_name: str | None = None  # hf: e.g. tatsu-lab/alpaca
+    hf_config: str | None = None
+    hf_split: str = "train"
+    n_prompts: int = 64
+    max_input_tokens: int = 512  # prompts longer than this are truncated, once, before any engine
+    max_output_tokens: int = 64
+    min_output_tokens: int = 0
+    ignore_eos: bool = False  # generate exactly max_output_tokens for every request
+    shuffle: bool = False
+    seed: int = 0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class BatchingConfig:
+    strategy: BatchingStrategy = BatchingStrategy.static
+    batch_size: int = 8
+    max_tokens_per_batch: int | None = None  # dynamic strategies: input + planned output tokens
+
+
+@dataclass
+class ShardingConfig:
+    strategy: ShardingStrategy = ShardingStrategy.none
+    num_shards: int = 1
+    num_processes: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """How many processes the run needs (1 for none and pipeline parallel: one process drives the stages)."""
+        if self.strategy is ShardingStrategy.data_parallel:
+            return self.num_processes
+        if self.strategy is ShardingStrategy.tensor_parallel:
+            return self.num_shards
+        return 1
+
+
+@dataclass
+class DecoderConfig:
+    preset: str = "deterministic"
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class TrafficConfig:
+    arrival: ArrivalProcess = ArrivalProcess.offline
+    target_qps: float | None = None
+    burstiness: float = 1.0  # gamma shape; 1.0 is Poisson
+    seed: int = 0
+
+
+@dataclass
+class PrecisionConfig:
+    dtype: DType = DType.auto
+    quantization: Quantization = Quantization.none
+
+
+@dataclass
+class CodeCarbonConfig:
+    enabled: bool = True  # offline tracker: CPU/RAM estimate where no RAPL, and grid carbon intensity
+    country_iso_code: str = "USA"  # grid carbon intensity used for CO2 (CodeCarbon's offline data)
+    region: str | None = None  # e.g. "california"; finer grid data where CodeCarbon has it (USA, CAN, CHN, Nordics)
+    measure_power_secs: float = 1.0  # how often the estimate is updated between window boundaries
+    # "machine": whole-machine CPU load x TDP (CodeCarbon's default); "process": this process's
+    # share of the CPUs x TDP (no idle floor), better on a shared machine.
+    tracking_mode: str = "machine"
+    cpu_tdp_w: float | None = None  # the CPU TDP for the estimate when CodeCarbon does not know the model
+    ram_power_w: float | None = None  # RAM power for the estimate (default: CodeCarbon's model from RAM size)
+
+
+@dataclass
+class EnergyConfig:
+    enabled: bool = True
+    idle_baseline_s: float = 10.0  # idle power measured before the engine starts; 0 disables
+    idle_baseline_cache_max_age_s: float = 0.0  # reuse a cached baseline younger than this; 0 never
+    sample_interval_ms: float = 100.0  # power/utilisation sampler period
+    nvml: bool = True  # GPU energy counter and sampler (NVIDIA)
+    rapl: bool = True  # CPU package / DRAM energy counters (/sys/class/powercap)
+    pue: float = 1.0  # data-centre power usage effectiveness applied to CO2 and facility energy
+    carbon_intensity_g_per_kwh: float | None = None  # overrides CodeCarbon's grid figure
+    codecarbon: CodeCarbonConfig = field(default_factory=CodeCarbonConfig)
+
+
+@dataclass
+class FlopsConfig:
+    strategy: FlopsStrategy = FlopsStrategy.auto
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    # None: sqlite under <project>/mlruns/ (MLFLOW_TRACKING_URI, when set, wins).
+    tracking_uri: str | None = None
+    experiment_name: str = "lem"
+
+
+@dataclass
+class ReportConfig:
+    format: ReportFormat = ReportFormat.table
+
+
+@dataclass
+class RunConfig:
+    warmup_batches: int = 1  # generation passes run and discarded before measuring
+    warmup_max_output_tokens: int = 8
+    seed: int = 0
+    # Consecutive jobs of one process (a sweep) whose engine settings match share a loaded engine.
+    reuse_engine: bool = True
+    cycle_cooldown_s: float = 0.0  # pause between measured cycles (cycles > 1), e.g. to let a GPU cool
+    isolation: Isolation = Isolation.worker
+    # CUDA jobs lease whole GPUs through machine-wide lock files (lem.gpu_lease): two measured jobs never
+    # share a GPU, whatever launcher or shell started them; a job waits while its GPUs are taken.
+    gpu_lease: bool = True
+    gpu_lease_timeout_s: float | None = None  # None: wait as long as it takes
+
+
+@dataclass
+class LemConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    traffic: TrafficConfig = field(default_factory=TrafficConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
+    flops: FlopsConfig = field(default_factory=FlopsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    # The measured generation phase runs this many times on the loaded engine; the summary gives
+    # each headline metric's mean, standard deviation and 95 % confidence interval over cycles.
+    cycles: int = 1
+
+
+def register_schema() -> None:
+    """Register the schema (``conf/config.yaml`` names it first) and one ``backend`` option per engine."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="lem_schema", node=LemConfig)
+    for name in ENGINES:
+        store.store(group="backend", name=name, node={"name": name})
+
+
+def to_dataclass(cfg: Any) -> LemConfig:
+    """Turn a composed DictConfig into the typed ``LemConfig`` (enums included)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    # Through a plain container: drops Hydra's open-dict flags (so a ``+key`` is still
+    # checked against the schema) and raises on a ``???`` left unset.
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig) else cfg
+    plain = {k: v for k, v in plain.items() if k != "hydra"}
+    merged = OmegaConf.merge(OmegaConf.structured(LemConfig), plain)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]

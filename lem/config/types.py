@@ -1,0 +1,84 @@
+"""lem's option vocabularies: the enums the schema's fields take (light: no Hydra, no torch)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class Device(Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(Enum):
+    auto = "auto"  # the checkpoint's natural dtype
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Quantization(Enum):
+    none = "none"
+    int8 = "int8"  # bitsandbytes 8-bit, CUDA only
+    int4 = "int4"  # bitsandbytes 4-bit NF4, CUDA only
+
+
+class DatasetSource(Enum):
+    builtin = "builtin"
+    file = "file"
+    hf = "hf"
+    synthetic = "synthetic"
+
+
+class LengthDistribution(Enum):
+    fixed = "fixed"
+    uniform = "uniform"
+    normal = "normal"
+    lognormal = "lognormal"
+
+
+class BatchingStrategy(Enum):
+    static = "static"
+    sorted_static = "sorted_static"
+    dynamic = "dynamic"
+    sorted_dynamic = "sorted_dynamic"
+
+
+class ShardingStrategy(Enum):
+    none = "none"
+    tensor_parallel = "tensor_parallel"
+    pipeline_parallel = "pipeline_parallel"
+    data_parallel = "data_parallel"
+
+
+class ArrivalProcess(Enum):
+    offline = "offline"
+    constant = "constant"
+    poisson = "poisson"
+
+
+class ChatTemplate(Enum):
+    auto = "auto"  # apply the tokenizer's template when it has one
+    on = "on"  # apply it, fail when the tokenizer has none
+    off = "off"  # feed the raw prompt text
+
+
+class FlopsStrategy(Enum):
+    auto = "auto"  # calflops, else analytical, else 2 x params x tokens
+    calflops = "calflops"
+    analytical = "analytical"
+    params = "params"  # 2 x parameters x tokens
+    off = "off"
+
+
+class Isolation(Enum):
+    worker = "worker"  # the engine runs in a spawned child process: a crash ends the worker, not the sweep
+    inline = "inline"  # in the launching process (debugging: one process, breakpoints work)
+
+
+class ReportFormat(Enum):
+    table = "table"  # the aligned text table
+    json = "json"  # summary.json on stdout, for scripts (the table is not printed)

@@ -1,0 +1,218 @@
+"""How one validated job runs, and where: in an engine worker process (the default), inline in
+this process (``run.isolation=inline``), or as rank processes for data- and tensor-parallel runs
+(``lem.launch.ranks``). The job writes its run folder; logging it is the caller's next step.
+
+Engine workers: each engine runs in a spawned child process, so one crash cannot spoil a sweep.
+A worker keeps its loaded engine between jobs whose engine settings are identical
+(``lem.launch.pool``) and is replaced when they differ. A job that fails — an exception, CUDA
+out of memory, or the worker process dying — ends that worker: the job is recorded as failed
+with the reason, and the next job gets a fresh one. The whole measurement (idle baseline,
+engine init, model load, warmup, generation) happens inside the worker, so setup energy is
+reported with the job that paid it. The worker and the inline engine pool belong to the
+process's ``lem.session.Session``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from pathlib import Path
+from typing import Any
+
+from lem.config.schema import LemConfig
+from lem.config.types import Isolation
+from lem.errors import LemError
+from lem.launch import spawn
+from lem.launch.gpu_lease import lease_for
+from lem.launch.pool import EnginePool, engine_key
+from lem.session import current
+
+
+def execute_job(cfg: LemConfig, composed_cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """Run one measured job into ``run_dir`` and return its summary."""
+    from lem.launch import ranks
+    from lem.pipeline import report_summary, run_measurement
+
+    session = current()
+    if cfg.sharding.world_size == 1:
+        if cfg.run.isolation is Isolation.inline:
+            if session.workers is not None:
+                session.workers.stop()
+            summary = run_measurement(cfg, composed_cfg, run_dir, engines=engine_pool())
+            assert summary is not None
+            return summary
+        engine_pool().clear()
+        return workers().run(cfg, plain_config(composed_cfg), run_dir)
+    if ranks.launched_by_torchrun():
+        return ranks.run_rank(cfg, composed_cfg, run_dir, summarize=True) or {}
+    from lem.models.resolve import resolve_model_path
+
+    engine_pool().clear()  # the ranks load their own engines; free this process's before they start
+    if session.workers is not None:
+        session.workers.stop()
+    resolve_model_path(cfg.model)  # convert/cache once here, not in every rank at the same time
+    ranks.run_ranks(cfg, plain_config(composed_cfg), run_dir)
+    return report_summary(cfg, run_dir)
+
+
+def engine_pool() -> EnginePool:
+    """This process's engine pool for inline jobs."""
+    session = current()
+    if session.engine_pool is None:
+        session.engine_pool = EnginePool()
+    return session.engine_pool
+
+
+def workers() -> WorkerManager:
+    """This process's engine worker manager."""
+    session = current()
+    if session.workers is None:
+        import multiprocessing.util
+
+        session.workers = WorkerManager()
+        # Stop the (non-daemonic) worker before multiprocessing joins its children at exit, or exit hangs.
+        # A finalizer with a priority runs first both at interpreter exit (atexit) and at the end of a
+        # process that multiprocessing started itself (a joblib/loky worker, which never runs atexit).
+        multiprocessing.util.Finalize(None, session.workers.stop, exitpriority=10)
+    return session.workers
+
+
+def plain_config(composed_cfg: Any) -> Any:
+    """The composed config as plain containers, resolved: what crosses into another process."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(composed_cfg, resolve=True) if OmegaConf.is_config(composed_cfg) else composed_cfg
+
+
+class WorkerDied(LemError):
+    """The engine worker process ended in the middle of a job (crash, kill, out of memory)."""
+
+
+class EngineWorker:
+    """One spawned process serving jobs sent to it, one at a time."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # a clean interpreter: no CUDA context or engine state inherited
+        self._conn, child = ctx.Pipe()
+        # Not daemonic: engines such as vLLM start processes of their own, which a daemonic process may not.
+        # The worker still ends with its launcher: close() at exit, and a watchdog if the launcher is killed.
+        self.process = ctx.Process(target=_worker_main, args=(child, os.getpid()), name="lem-engine-worker", daemon=False)
+        spawn.start(self.process, env)
+        child.close()
+        self.engine_key: str | None = None
+        self.n_jobs = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def run_job(self, cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+        """Send one job and wait for its summary; raise LemError/RuntimeError/WorkerDied on failure."""
+        from lem.launch.pool import engine_key
+
+        self.engine_key = engine_key(cfg)
+        self.n_jobs += 1
+        try:
+            self._conn.send(("job", cfg, composed, str(run_dir)))
+        except (BrokenPipeError, OSError) as exc:
+            raise WorkerDied(f"the engine worker (pid {self.pid}) is gone: {exc}") from None
+        while True:
+            if self._conn.poll(0.2):
+                try:
+                    kind, payload = self._conn.recv()
+                except (EOFError, OSError):
+                    self._raise_died()
+                if kind == "ok":
+                    return payload
+                if kind == "user_error":
+                    raise LemError(payload)
+                raise RuntimeError(f"engine worker failed:\n{payload}")
+            if not self.process.is_alive():
+                self._raise_died()
+
+    def _raise_died(self) -> None:
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        how = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+        hint = " (out of memory?)" if code in (-signal.SIGKILL, 137) else ""
+        raise WorkerDied(f"the engine worker (pid {self.pid}) died during the job: {how}{hint}")
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Ask the worker to unload and exit; kill it if it does not."""
+        if self.process.is_alive():
+            try:
+                self._conn.send(("stop", None, None, None))
+            except (BrokenPipeError, OSError):
+                pass
+            self.process.join(timeout=timeout_s)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        self._conn.close()
+
+
+def _worker_main(conn: Any, parent_pid: int) -> None:
+    spawn.die_with_parent(parent_pid)
+    from lem.launch.pool import EnginePool
+    from lem.pipeline import run_measurement
+
+    pool = EnginePool()
+    while True:
+        try:
+            kind, cfg, composed, run_dir = conn.recv()
+        except (EOFError, OSError):
+            break
+        if kind == "stop":
+            pool.clear()
+            break
+        try:
+            summary = run_measurement(cfg, composed, Path(run_dir), engines=pool)
+        except LemError as exc:
+            conn.send(("user_error", str(exc)))
+            continue
+        except BaseException:  # noqa: BLE001 - reported to the launcher, which ends this worker
+            conn.send(("error", traceback.format_exc()))
+            continue
+        conn.send(("ok", summary))
+
+
+class WorkerManager:
+    """The launching process's worker: reused for identical engine settings, replaced otherwise or after a failure.
+
+    A CUDA job's worker holds a lease on its GPUs (``lem.launch.gpu_lease``) for as long as it lives.
+    """
+
+    def __init__(self) -> None:
+        self.worker: EngineWorker | None = None
+        self.lease: Any = None
+        self.n_started = 0
+
+    def run(self, cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+        key = engine_key(cfg)
+        w = self.worker
+        if w is not None and (not w.alive() or not cfg.run.reuse_engine or w.engine_key != key):
+            self.stop()  # different engine settings: a fresh worker, so the old engine's memory is surely freed
+        if self.worker is None:
+            self.lease = lease_for(cfg)
+            env = {"CUDA_VISIBLE_DEVICES": self.lease.cuda_visible_devices} if self.lease is not None else None
+            self.worker = EngineWorker(env)
+            self.n_started += 1
+        try:
+            return self.worker.run_job(cfg, composed, run_dir)
+        except BaseException:
+            self.stop()  # a failed job may leave the engine or the device in a bad state: never reuse it
+            raise
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None

@@ -1,0 +1,96 @@
+"""Engine reuse across consecutive jobs of one process (a Hydra sweep, an Optuna study).
+
+Loading an engine is the setup stage; jobs that differ only in runtime settings (batch size,
+decoder, traffic, dataset) can share one. The pool keeps at most one engine: a job whose
+engine settings match takes it, a job whose settings differ unloads it first. A job that
+takes a reused engine measures no engine_init/model_load phases (the job that loaded it
+reported them) and says so in its header (``engine_reused``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from enum import Enum
+from typing import Any
+
+from lem.config.schema import LemConfig
+
+
+def engine_key(cfg: LemConfig) -> str:
+    """Everything that goes into constructing the engine: model, backend, precision, sharding, seed."""
+
+    def plain(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, Enum):
+            return obj.value
+        if isinstance(obj, dict):
+            return {str(k): plain(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [plain(v) for v in obj]
+        return obj
+
+    parts = {
+        "model": plain(cfg.model),
+        "backend": plain(cfg.backend),
+        "precision": plain(cfg.precision),
+        "sharding": plain(cfg.sharding),
+        "seed": cfg.run.seed,
+    }
+    return json.dumps(parts, sort_keys=True)
+
+
+class EnginePool:
+    """Holds the last job's loaded engine for the next job with the same ``engine_key``."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._key: str | None = None
+        self._backend: Any = None
+        self.n_created = 0  # engines this pool has constructed (tests and benchmarks read it)
+
+    def take(self, cfg: LemConfig) -> tuple[Any, bool]:
+        """``(backend, True)`` when a loaded engine matches ``cfg``; else ``(None, False)`` (any other is unloaded)."""
+        if self._backend is None:
+            return None, False
+        if self.enabled and cfg.run.reuse_engine and self._key == engine_key(cfg):
+            backend, self._backend, self._key = self._backend, None, None
+            from lem.backends.base import EngineSpec
+
+            backend.spec = EngineSpec.of(cfg)  # this job's sections (prompt and output limits)
+            return backend, True
+        self.clear()
+        return None, False
+
+    def create(self, cfg: LemConfig) -> Any:
+        from lem.backends.registry import create_engine
+
+        self.n_created += 1
+        return create_engine(cfg)
+
+    def give_back(self, cfg: LemConfig, backend: Any) -> None:
+        """After a successful job: keep the engine for the next job, or unload it."""
+        if self.enabled and cfg.run.reuse_engine:
+            self.clear()
+            self._key, self._backend = engine_key(cfg), backend
+        else:
+            _unload(backend)
+
+    def discard(self, backend: Any) -> None:
+        """After a failed job: the engine may be in a bad state; never lend it again."""
+        _unload(backend)
+
+    def clear(self) -> None:
+        if self._backend is not None:
+            _unload(self._backend)
+        self._key, self._backend = None, None
+
+
+def _unload(backend: Any) -> None:
+    if backend is None:
+        return
+    try:
+        backend.unload()
+    except Exception:  # noqa: BLE001 - freeing memory must not mask the job's own outcome
+        pass

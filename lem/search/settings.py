@@ -1,0 +1,78 @@
+"""What an Optuna study of lem is made of: its settings, the summary.json values it reads,
+what a trial's job leaves behind, and the user attributes lem stores on trials and studies.
+
+Shared by the loop (``lem.search.study``), the storage (``lem.search.storage``) and the
+report; imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lem.errors import LemError
+
+J_PER_TOKEN = "energy.j_per_output_token"
+TOKENS_PER_S = "throughput.output_tokens_per_s"
+TTFT_P99_MS = "latency.ttft_ms.p99"
+TPOT_P99_MS = "latency.tpot_ms.p99"
+# Sweeper keys for latency limits → the summary.json value each one caps.
+LIMIT_KEYS = {"max_ttft_p99_ms": TTFT_P99_MS, "max_tpot_p99_ms": TPOT_P99_MS}
+RECORDED_METRICS = (J_PER_TOKEN, TOKENS_PER_S, TTFT_P99_MS, TPOT_P99_MS)
+SHORT_NAMES = {J_PER_TOKEN: "J/token", TOKENS_PER_S: "tok/s", TTFT_P99_MS: "TTFT p99 ms", TPOT_P99_MS: "TPOT p99 ms"}
+
+# User attributes lem stores on each trial (read back by the report and by a resumed study).
+ATTR_METRICS = "lem.metrics"
+ATTR_RUN_DIR = "lem.run_dir"
+ATTR_ERROR = "lem.error"
+ATTR_DUPLICATE_OF = "lem.duplicate_of"
+ATTR_INTERRUPTED = "lem.interrupted"
+ATTR_SKIPPED = "lem.skipped"
+ATTR_WORKER = "lem.worker"
+ATTR_OVERRIDES = "lem.overrides"
+ATTR_CONSTRAINTS = "lem.constraints"
+ATTR_MLFLOW_RUN_ID = "mlflow_run_id"
+STUDY_ATTR_IDENTITY = "lem.identity"
+
+
+@dataclass
+class StudySettings:
+    study_name: str
+    storage: str
+    directions: list[str]
+    objectives: list[str]
+    n_trials: int
+    n_jobs: int = 1
+    max_failure_rate: float = 0.25
+    limits: dict[str, float] = field(default_factory=dict)  # summary.json path → largest allowed value
+    deduplicate: bool = True
+    identity: list[str] = field(default_factory=list)  # the fixed overrides that define the workload
+
+    def __post_init__(self) -> None:
+        if not self.directions or any(d not in ("minimize", "maximize") for d in self.directions):
+            raise LemError(f"hydra.sweeper.direction={self.directions}: expected minimize, maximize or a list of them")
+        if len(self.objectives) != len(self.directions):
+            raise LemError(
+                f"hydra.sweeper.objectives={self.objectives}: expected one summary.json value per direction "
+                f"({len(self.directions)}: {self.directions})"
+            )
+        if self.n_trials < 1:
+            raise LemError(f"hydra.sweeper.n_trials={self.n_trials}: expected a number >= 1")
+        if self.n_jobs < 1:
+            raise LemError(f"hydra.sweeper.n_jobs={self.n_jobs}: expected a number >= 1")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise LemError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: expected a number in [0, 1]")
+
+    @property
+    def recorded(self) -> list[str]:
+        return list(dict.fromkeys([*self.objectives, *RECORDED_METRICS, *self.limits]))
+
+
+@dataclass
+class TrialOutcome:
+    """What one trial's job left behind."""
+
+    metrics: dict[str, float | None] = field(default_factory=dict)  # summary.json path → value
+    run_dir: Path | None = None
+    error: str | None = None  # one line; set when the job failed
+    mlflow_run_id: str | None = None
