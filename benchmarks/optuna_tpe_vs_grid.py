@@ -70,7 +70,9 @@ def trials_to_reach(sampler: dict[str, Any], table: dict[Any, float], seed: int)
     import optuna
 
     from lem.search.space import parse_search_space
-    from lem.search.study import StudySettings, TrialOutcome, build_sampler, params_key, run_study
+    from lem.search.settings import StudySettings, TrialOutcome
+    from lem.search.storage import build_sampler
+    from lem.search.study import params_key, run_study
 
     distributions, _ = parse_search_space([f"{k}={v}" for k, v in SPACE.items()])
     settings = StudySettings(study_name="replay", storage="", directions=["minimize"], objectives=["energy.j_per_output_token"], n_trials=len(table))

@@ -30,6 +30,7 @@ NUM_THREADS = int(os.environ.get("LEM_BENCH_THREADS", "2"))
 def main() -> None:
     import torch
 
+    from lem.backends.base import EngineSpec
     from lem.backends.pytorch.engine import PyTorchBackend
     from lem.config.schema import LemConfig
     from lem.config.types import Device
@@ -48,7 +49,7 @@ def main() -> None:
     cfg.dataset.max_output_tokens = MAX_OUTPUT_TOKENS
     cfg.batching.batch_size = BATCH_SIZE
 
-    backend = PyTorchBackend(cfg)
+    backend = PyTorchBackend(EngineSpec.of(cfg))
     backend.init_engine()
     backend.load_model()
     requests = prepare_requests(load_prompts(cfg.dataset), backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from lem.config.compose import CONF_DIR
 EXIT_USER_ERROR = 2
 
 # lem <subcommand>: the module whose main(argv) runs it, and what it does (for --help).

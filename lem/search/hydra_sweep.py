@@ -16,7 +16,9 @@ from typing import Any
 
 from lem.errors import LemError
 from lem.plain import plain
-from lem.search.study import J_PER_TOKEN, LIMIT_KEYS, TOKENS_PER_S, StudySettings, TrialOutcome, outcome_from_run_dir
+from lem.search.settings import J_PER_TOKEN, LIMIT_KEYS, TOKENS_PER_S, StudySettings, TrialOutcome
+from lem.search.storage import redact
+from lem.search.study import outcome_from_run_dir
 
 DEFAULT_STUDY_NAME = "lem"
 STORAGE_FILENAME = "optuna.db"
@@ -153,7 +155,8 @@ def _consecutive(batch: Sequence[tuple[int, list[str]]]) -> list[list[tuple[int,
 def run_hydra_study(options: Mapping[str, Any], config: Any, launcher: Any, arguments: Sequence[str]) -> None:
     from lem.search.report import MlflowLink, fail_parent, format_summary
     from lem.search.space import parse_search_space
-    from lem.search.study import open_study, run_study
+    from lem.search.storage import open_study
+    from lem.search.study import run_study
     from lem.tracking.store import ENV_PARENT_RUN_ID, target_from_config
 
     try:
@@ -175,7 +178,7 @@ def run_hydra_study(options: Mapping[str, Any], config: Any, launcher: Any, argu
         raise
     link = MlflowLink(target, parent_run_id, settings.study_name)
     print(
-        f"lem: Optuna study {settings.study_name!r} in {_redact(settings.storage)}: "
+        f"lem: Optuna study {settings.study_name!r} in {redact(settings.storage)}: "
         f"{len(study.trials)} trial(s) so far, n_trials={settings.n_trials}",
         flush=True,
     )
@@ -210,9 +213,3 @@ def _refuse_foreign_job_dirs(sweep_dir: Path, n_trials_in_study: int) -> None:
 
 def _echo(line: str) -> None:
     print(line, flush=True)
-
-
-def _redact(url: str) -> str:
-    from lem.search.study import redact
-
-    return redact(url)

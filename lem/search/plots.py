@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lem.search.study import J_PER_TOKEN, SHORT_NAMES, TOKENS_PER_S
+from lem.search.settings import J_PER_TOKEN, SHORT_NAMES, TOKENS_PER_S
 from lem.tracking.plots import pareto_front, pyplot, save_figure
 
 FEASIBLE, INFEASIBLE, FRONT = "#1565c0", "#b0b0b0", "#c62828"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lem.search.study import (
+from lem.search.settings import (
     ATTR_DUPLICATE_OF,
     ATTR_ERROR,
     ATTR_INTERRUPTED,
@@ -28,10 +28,9 @@ from lem.search.study import (
     ATTR_SKIPPED,
     SHORT_NAMES,
     StudySettings,
-    _fmt,
-    is_feasible,
-    redact,
 )
+from lem.search.storage import redact
+from lem.search.study import format_metric, is_feasible
 
 TRIAL_NUMBER_TAG = "lem.optuna.trial_number"
 STUDY_NAME_TAG = "lem.optuna.study_name"
@@ -112,7 +111,7 @@ def format_summary(study: Any, settings: StudySettings, stopped: str | None = No
     n_infeasible = sum(r["state"] == "COMPLETE" and not r["feasible"] for r in rows)
     best = best_trials(study, settings)
     goal = ", ".join(f"{d} {SHORT_NAMES.get(o, o)}" for d, o in zip(settings.directions, settings.objectives))
-    limits = ", ".join(f"{SHORT_NAMES.get(p, p)} <= {_fmt(v)}" for p, v in settings.limits.items())
+    limits = ", ".join(f"{SHORT_NAMES.get(p, p)} <= {format_metric(v)}" for p, v in settings.limits.items())
     lines = [
         "",
         f"Optuna study {settings.study_name!r} ({goal}{'; ' + limits if limits else ''})",
@@ -133,7 +132,7 @@ def format_summary(study: Any, settings: StudySettings, stopped: str | None = No
     table = [header]
     for t in best:
         metrics = t.user_attrs.get(ATTR_METRICS, {})
-        table.append([f"#{t.number}", *[_fmt(metrics.get(m)) for m in metric_cols], *[format_value(t.params[p]) if p in t.params else "" for p in param_names]])
+        table.append([f"#{t.number}", *[format_metric(metrics.get(m)) for m in metric_cols], *[format_value(t.params[p]) if p in t.params else "" for p in param_names]])
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         lines.append("    " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
@@ -243,9 +242,9 @@ class MlflowLink:
         return connect(self.target)
 
     def _warn(self, what: str, exc: BaseException) -> None:
-        from lem.tracking.store import _one_line
+        from lem.tracking.store import error_line
 
-        print(f"lem: warning: could not {what} in MLflow ({_one_line(exc)}); the study goes on", file=sys.stderr, flush=True)
+        print(f"lem: warning: could not {what} in MLflow ({error_line(exc)}); the study goes on", file=sys.stderr, flush=True)
         self.enabled = False
 
     def link_trial(self, number: int, outcome: Any, overrides: Sequence[str], job_dir: Path | None = None) -> None:

@@ -53,8 +53,6 @@ _MISSING_METRIC_VIOLATION = 1e12
 MAX_CONSECUTIVE_DUPLICATES = 100
 
 
-
-@dataclass
 @dataclass
 class StudyResult:
     study: Any
@@ -305,17 +303,18 @@ def trial_line(t: Any, settings: StudySettings) -> str:
     if t.state == TrialState.FAIL:
         return f"lem: trial {t.number} failed: {t.user_attrs.get(ATTR_ERROR, 'see its job folder')}  [{params}]"
     metrics = t.user_attrs.get(ATTR_METRICS, {})
-    shown = [f"{SHORT_NAMES.get(p, p)} {_fmt(metrics.get(p))}" for p in dict.fromkeys([*settings.objectives, TOKENS_PER_S, TTFT_P99_MS])]
+    shown = [f"{SHORT_NAMES.get(p, p)} {format_metric(metrics.get(p))}" for p in dict.fromkeys([*settings.objectives, TOKENS_PER_S, TTFT_P99_MS])]
     line = f"lem: trial {t.number}: {', '.join(shown)}  [{params}]"
     violated = [
-        f"{SHORT_NAMES.get(p, p)} {_fmt(metrics.get(p))} > {_fmt(limit)}"
+        f"{SHORT_NAMES.get(p, p)} {format_metric(metrics.get(p))} > {format_metric(limit)}"
         for p, limit in settings.limits.items()
         if metrics.get(p) is None or metrics[p] > limit
     ]
     return line + (f"  infeasible: {'; '.join(violated)}" if violated else "")
 
 
-def _fmt(value: Any) -> str:
+def format_metric(value: Any) -> str:
+    """A metric for a line or a table: about 4 significant digits, "—" when not measured."""
     if value is None:
         return "—"
     value = float(value)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from lem.config.schema import EnergyConfig
 from lem.measure.energy import EnergyMeter
 
 pytest.importorskip("codecarbon")
@@ -23,11 +22,15 @@ def busy(seconds: float) -> None:
 
 def test_offline_window_estimates_a_busy_loop_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)  # CodeCarbon's default output dir is the cwd: nothing may appear there
-    cfg = EnergyConfig(idle_baseline_s=0.0)
-    cfg.codecarbon.tracking_mode = "process"  # this process's CPU share: robust on a shared machine
-    cfg.codecarbon.measure_power_secs = 0.5
     run_dir = tmp_path / "run"
-    meter = EnergyMeter.from_config(cfg, cuda_device_indices=None, rapl_root=tmp_path / "no-powercap", output_dir=run_dir)
+    meter = EnergyMeter.for_devices(
+        None,
+        idle_baseline_s=0.0,
+        tracking_mode="process",  # this process's CPU share: robust on a shared machine
+        measure_power_secs=0.5,
+        rapl_root=tmp_path / "no-powercap",
+        output_dir=run_dir,
+    )
     meter.start()
     try:
         assert {(c.device, c.component, c.counter_source) for c in meter.channels} == {("cpu", "cpu", "estimated"), ("ram", "dram", "estimated")}
@@ -60,15 +63,13 @@ def test_carbon_intensity_override_and_regions():
     world, world_src = carbon_intensity("XXX")
     assert world > 0 and "world average" in world_src
 
-    cfg = EnergyConfig(carbon_intensity_g_per_kwh=123.0)
-    cfg.codecarbon.enabled = False
-    m = EnergyMeter.from_config(cfg, rapl_root="/nonexistent").start(background=False)
+    m = EnergyMeter.for_devices(carbon_intensity_g_per_kwh=123.0, codecarbon=False, rapl_root="/nonexistent").start(background=False)
     assert (m.carbon_intensity_g_per_kwh, m.carbon_intensity_source) == (123.0, "config: energy.carbon_intensity_g_per_kwh")
     assert m.channels == [] and any("codecarbon.enabled=false" in n for n in m.notes)
 
 
 def test_disabled_energy_measures_nothing_but_still_times_windows():
-    m = EnergyMeter.from_config(EnergyConfig(enabled=False)).start()
+    m = EnergyMeter.for_devices(enabled=False).start()
     m.begin_window("w")
     w = m.end_window("w")
     m.stop()

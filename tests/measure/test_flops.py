@@ -10,6 +10,8 @@ import textwrap
 import pytest
 
 from lem.measure import flops as fl
+from lem.measure.flops import calflops_count
+from lem.measure.flops import run as flops_run
 from lem.measure.flops import (
     FlopsUnavailable,
     RequestTokens,
@@ -116,14 +118,14 @@ def test_calflops_failure_stays_in_its_process_and_falls_back(monkeypatch):
         calflops_fit(llama_gqa(), check_length=64, inject_failure=True)  # the worker's torch *was* left patched
     assert F.linear is linear and torch.matmul is matmul  # ours was not
 
-    monkeypatch.setattr(fl, "calflops_fit", functools.partial(calflops_fit, inject_failure=True))
+    monkeypatch.setattr(flops_run, "calflops_fit", functools.partial(calflops_fit, inject_failure=True))
     rec = count_run_flops("auto", [RequestTokens(30, 10)], config=llama_gqa())
     assert rec.source == "analytical"
     assert any("calflops: RuntimeError: injected failure" in n for n in rec.notes)
     monkeypatch.undo()
 
     # Counting again after the failure gives the same numbers: nothing doubled (fresh workers, no cache).
-    monkeypatch.setattr(fl, "_calflops_cache_file", lambda *a: None)
+    monkeypatch.setattr(calflops_count, "_calflops_cache_file", lambda *a: None)
     first = calflops_fit(llama_gqa(), check_length=64)
     second = calflops_fit(llama_gqa(), check_length=64)
     assert first.prefill_flops == second.prefill_flops
@@ -134,8 +136,8 @@ def test_calflops_counts_off_the_structure_are_not_used_by_auto(monkeypatch):
     cost = analytical_cost(llama_gqa())
     skewed = fl.ForwardCost(cost.per_token_flops * 1.5, cost.per_query_key_flops, cost.per_logit_flops, source="calflops")
     fit = fl.CalflopsFit(skewed, {64: 1}, {64: 1}, None, structure_error=0.05, check_length=64)
-    monkeypatch.setattr(fl, "calflops_fit", lambda *a, **k: fit)
-    monkeypatch.setattr(fl, "calflops_available", lambda: True)
+    monkeypatch.setattr(flops_run, "calflops_fit", lambda *a, **k: fit)
+    monkeypatch.setattr(calflops_count, "calflops_available", lambda: True)
     auto = count_run_flops("auto", [RequestTokens(30, 10)], config=llama_gqa())
     assert auto.source == "analytical" and any("do not follow" in n for n in auto.notes)
     forced = count_run_flops("calflops", [RequestTokens(30, 10)], config=llama_gqa())
@@ -144,7 +146,7 @@ def test_calflops_counts_off_the_structure_are_not_used_by_auto(monkeypatch):
 
 
 def test_calflops_missing_falls_back_with_install_hint(monkeypatch):
-    monkeypatch.setattr(fl, "calflops_available", lambda: False)
+    monkeypatch.setattr(calflops_count, "calflops_available", lambda: False)
     rec = count_run_flops("calflops", [RequestTokens(30, 10)], config=llama_gqa())
     assert rec.source == "analytical" and rec.strategy == "calflops"
     assert "calflops: not installed (pip install calflops)" in rec.notes
@@ -355,7 +357,7 @@ def test_calflops_counts_are_cached_per_architecture(monkeypatch, tmp_path):
     def no_worker(*a, **k):
         raise AssertionError("the cached counts should have been used")
 
-    monkeypatch.setattr(fl.subprocess, "run", no_worker)
+    monkeypatch.setattr(calflops_count.subprocess, "run", no_worker)
     again = calflops_fit(llama_gqa(), check_length=64)
     assert again.prefill_flops == first.prefill_flops and again.decode == first.decode
     other = llama_gqa()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,31 @@ def carbon_intensity(country_iso_code: str, region: str | None = None) -> tuple[
             return value, f"{where}: {iso}/{region.lower()}"
         return country, f"{where}: {iso} (no regional data for {region!r}; country average)"
     return country, f"{where}: {iso}"
+
+
+def intensity_setting(
+    override: float | None, enabled: bool, country_iso_code: str, region: str | None
+) -> Callable[[], tuple[float | None, str | None]]:
+    """When the meter starts: the grid carbon intensity and its source (``override`` wins; None without CodeCarbon)."""
+
+    def intensity() -> tuple[float | None, str | None]:
+        if override is not None:
+            return float(override), "config: energy.carbon_intensity_g_per_kwh"
+        if not enabled:
+            return None, None
+        return carbon_intensity(country_iso_code, region)
+
+    return intensity
+
+
+def estimate_detail(info: dict[str, Any] | None) -> str:
+    """What CodeCarbon's CPU/RAM estimate rests on (from ``CodeCarbonSource.describe()``), for a warning."""
+    if not info:
+        return ""
+    return (
+        f" (CodeCarbon {info.get('version')}: CPU {info.get('cpu_model')!r}, TDP {info.get('cpu_tdp_w')} W from "
+        f"{info.get('tdp_basis')}; RAM {info.get('ram_power_w')} W)"
+    )
 
 
 class CodeCarbonSource(Source):

@@ -29,21 +29,13 @@ from lem.errors import LemError
 from lem.measure.cuda import cuda_in_use
 from lem.measure.energy import baseline
 from lem.measure.energy.baseline import IDLE_WINDOW
+from lem.measure.energy.carbon import CodeCarbonSource, estimate_detail, intensity_setting
+from lem.measure.energy.nvml import NvmlSource
+from lem.measure.energy.rapl import DEFAULT_ROOT, RaplSource
 from lem.measure.energy.sampler import PowerSample, PowerSampler, Snapshot
 from lem.measure.energy.sources import Channel, Key, Source
-from lem.measure.energy.window import (
-    MIN_WINDOW_S,
-    RECOMMENDED_WINDOW_S,
-    Window,
-    window_readings,
-    window_warnings,
-)
-from lem.records import (
-    EnergyMeterRecord,
-    IdleBaselineRecord,
-    IdlePower,
-    PowerSamplesRecord,
-)
+from lem.measure.energy.window import MIN_WINDOW_S, RECOMMENDED_WINDOW_S, Window, window_readings, window_warnings
+from lem.records import EnergyMeterRecord, IdleBaselineRecord, IdlePower, PowerSamplesRecord
 
 
 class EnergyMeter:
@@ -67,6 +59,8 @@ class EnergyMeter:
     ) -> None:
         self._pending = list(sources)
         self.sampler = PowerSampler(sample_interval_s, clock)
+        self.sources: list[Source] = self.sampler.sources  # those that opened (after start)
+        self.channels: list[Channel] = self.sampler.channels  # every metered device/component, in order
         self._clock = clock
         self._sleep = sleep
         self.t0 = clock() if t0 is None else float(t0)
@@ -88,16 +82,6 @@ class EnergyMeter:
         self._stopped = False
         # Windows whose length is checked against MIN_WINDOW_S (None: all); setup phases are short by nature.
         self.validity_windows: set[str] | None = None
-
-    @property
-    def sources(self) -> list[Source]:
-        """The sources that opened (after ``start``)."""
-        return self.sampler.sources
-
-    @property
-    def channels(self) -> list[Channel]:
-        """Every metered device/component of the opened sources, in order."""
-        return self.sampler.channels
 
     @property
     def sample_interval_s(self) -> float:
@@ -146,10 +130,6 @@ class EnergyMeter:
         ``host_meters=False`` leaves the host-wide meters (RAPL, CodeCarbon) to another process of
         the same run on this host. The defaults are those of lem's ``energy`` settings.
         """
-        from lem.measure.energy.carbon import CodeCarbonSource, carbon_intensity
-        from lem.measure.energy.nvml import NvmlSource
-        from lem.measure.energy.rapl import DEFAULT_ROOT, RaplSource
-
         indices = list(cuda or [])
         common: dict[str, Any] = dict(
             sample_interval_s=sample_interval_ms / 1000.0,
@@ -190,14 +170,7 @@ class EnergyMeter:
             )
         elif not codecarbon:
             notes.append("energy.codecarbon.enabled=false: no CPU/RAM estimate where no sensor exists")
-
-        def intensity() -> tuple[float | None, str | None]:
-            if override is not None:
-                return float(override), "config: energy.carbon_intensity_g_per_kwh"
-            if not codecarbon:
-                return None, None
-            return carbon_intensity(country_iso_code, region)
-
+        intensity = intensity_setting(override, codecarbon, country_iso_code, region)
         return cls(sources, carbon_intensity=intensity, notes=notes, **common)
 
     # --- life cycle ------------------------------------------------------------------------
@@ -371,13 +344,7 @@ class EnergyMeter:
         estimated = [c for c in self.channels if c.counter_source == "estimated"]
         if estimated:
             cc = next((s for s in self.sources if s.name == "codecarbon"), None)
-            info = cc.describe() if cc is not None else None
-            detail = ""
-            if info:
-                detail = (
-                    f" (CodeCarbon {info.get('version')}: CPU {info.get('cpu_model')!r}, TDP {info.get('cpu_tdp_w')} W from "
-                    f"{info.get('tdp_basis')}; RAM {info.get('ram_power_w')} W)"
-                )
+            detail = estimate_detail(cc.describe() if cc is not None else None)
             out.append(
                 f"{' and '.join(c.device for c in estimated)} energy estimated from a model{detail}, not measured: "
                 "no readable RAPL counter; reported apart from measured energy"

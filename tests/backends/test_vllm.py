@@ -1,6 +1,6 @@
 """backend=vllm: config → engine arguments, sampling mapping, output parsing, token counting, timing.
 
-Most tests run the adapter against tests/standins/vllm, a stand-in for vLLM 0.33.0 built from
+Most tests run the adapter against tests/backends/standins/vllm, a stand-in for vLLM 0.33.0 built from
 that release's source (LLM / EngineArgs / LLMEngine.add_request + step / SamplingParams /
 RequestOutput with DELTA outputs and RequestStateStats); the tests marked ``gpu`` run the real
 engine through ``python -m lem`` and skip where vLLM or a CUDA GPU is missing.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from lem.backends.base import EngineSpec
 from lem.config.checks import validate
 from lem.config.schema import BackendName, LemConfig
 from lem.config.types import ArrivalProcess, DType, FlopsStrategy, ShardingStrategy
@@ -25,8 +26,8 @@ from lem.errors import ConfigError, LemError
 from lem.pipeline import generation_params
 from lem.workload.traffic import arrival_offsets_s
 from lem.workload.types import GenerationParams
-from tests import engine_standins
-from tests.engine_standins import PROMPTS, engine_cfg, loaded_backend, prepared, serve_records
+from tests.backends import engine_standins
+from tests.backends.engine_standins import PROMPTS, engine_cfg, loaded_backend, prepared, serve_records
 from tests.tiny_model import EOS_ID, make_tiny_model_dir
 
 REAL_VLLM = importlib.util.find_spec("vllm") is not None  # looked up before any stand-in is on sys.path
@@ -77,7 +78,7 @@ def test_engine_args_map_config_and_sharding(tiny_dir: Path) -> None:
     cfg.sharding.strategy = ShardingStrategy.tensor_parallel
     cfg.sharding.num_shards = 2
     cfg.run.seed = 7
-    args = vllm_engine_args(cfg, str(tiny_dir))
+    args = vllm_engine_args(EngineSpec.of(cfg), str(tiny_dir))
     assert args == {
         "model": str(tiny_dir),
         "trust_remote_code": False,
@@ -105,10 +106,10 @@ def test_pipeline_sharding_and_an_explicit_tp_by_pp_split(tiny_dir: Path) -> Non
     cfg = make_cfg(tiny_dir)
     cfg.sharding.strategy = ShardingStrategy.pipeline_parallel
     cfg.sharding.num_shards = 4
-    args = vllm_engine_args(cfg, str(tiny_dir))
+    args = vllm_engine_args(EngineSpec.of(cfg), str(tiny_dir))
     assert (args["tensor_parallel_size"], args["pipeline_parallel_size"]) == (1, 4)
     cfg.backend.vllm.tensor_parallel_size, cfg.backend.vllm.pipeline_parallel_size = 2, 2
-    args = vllm_engine_args(cfg, str(tiny_dir))
+    args = vllm_engine_args(EngineSpec.of(cfg), str(tiny_dir))
     assert (args["tensor_parallel_size"], args["pipeline_parallel_size"]) == (2, 2)
 
 
@@ -117,9 +118,9 @@ def test_max_model_len_is_capped_at_the_models_context(tiny_dir: Path) -> None:
 
     cfg = make_cfg(tiny_dir)
     cfg.dataset.max_input_tokens, cfg.dataset.max_output_tokens = 512, 64  # 576 > the tiny model's 256
-    assert vllm_engine_args(cfg, str(tiny_dir))["max_model_len"] == 256
+    assert vllm_engine_args(EngineSpec.of(cfg), str(tiny_dir))["max_model_len"] == 256
     cfg.backend.vllm.max_model_len = 200  # an explicit value is the user's
-    assert vllm_engine_args(cfg, str(tiny_dir))["max_model_len"] == 200
+    assert vllm_engine_args(EngineSpec.of(cfg), str(tiny_dir))["max_model_len"] == 200
 
 
 def test_sampling_kwargs_greedy_and_sampled() -> None:

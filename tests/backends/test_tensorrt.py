@@ -1,6 +1,6 @@
 """backend=tensorrt: config → LLM arguments, sampling mapping, streamed output parsing, token counting, timing.
 
-Most tests run the adapter against tests/standins/tensorrt_llm, a stand-in for TensorRT-LLM 1.x
+Most tests run the adapter against tests/backends/standins/tensorrt_llm, a stand-in for TensorRT-LLM 1.x
 (1.0 to 1.2) built from its sources: ``LLM`` (PyTorch runtime) and ``_tensorrt_engine.LLM``
 with their argument checks, ``generate_async(..., streaming=True)`` results iterated with
 ``async for`` (``outputs[0].token_ids_diff``), ``SamplingParams``, ``KvCacheConfig``,
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from lem.backends.base import EngineSpec
 from lem.backends.tensorrt.config import TensorRTRuntime
 from lem.config.checks import validate
 from lem.config.schema import BackendName, LemConfig
@@ -29,8 +30,8 @@ from lem.errors import ConfigError, LemError
 from lem.pipeline import generation_params
 from lem.workload.traffic import arrival_offsets_s
 from lem.workload.types import GenerationParams
-from tests import engine_standins
-from tests.engine_standins import PROMPTS, engine_cfg, loaded_backend, prepared, serve_records
+from tests.backends import engine_standins
+from tests.backends.engine_standins import PROMPTS, engine_cfg, loaded_backend, prepared, serve_records
 from tests.tiny_model import EOS_ID, make_tiny_model_dir
 
 REAL_TRTLLM = importlib.util.find_spec("tensorrt_llm") is not None  # looked up before any stand-in is on sys.path
@@ -84,7 +85,7 @@ def test_pytorch_runtime_arguments(trtllm, tiny_dir: Path) -> None:
     )
     cfg.precision.dtype = DType.float16
     cfg.sharding.strategy, cfg.sharding.num_shards = ShardingStrategy.tensor_parallel, 2
-    args = tensorrt_llm_args(cfg, str(tiny_dir), trtllm)
+    args = tensorrt_llm_args(EngineSpec.of(cfg), str(tiny_dir), trtllm)
     kv = args.pop("kv_cache_config")
     assert (kv.free_gpu_memory_fraction, kv.dtype, kv.enable_block_reuse) == (0.7, "fp8", False)
     assert args == {

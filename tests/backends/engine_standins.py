@@ -1,4 +1,4 @@
-"""Put a stand-in engine package (tests/standins/<name>) in place of the real one for one test.
+"""Put a stand-in engine package (tests/backends/standins/<name>) in place of the real one for one test.
 
 The stand-ins implement only the API surface lem's adapters use, as the engines' sources define
 it (versions named in each stand-in's docstring). They let the adapters run end to end on a CPU.
@@ -23,7 +23,7 @@ STANDINS_DIR = Path(__file__).resolve().parent / "standins"
 
 
 def install(monkeypatch: pytest.MonkeyPatch, package: str) -> ModuleType:
-    """Import tests/standins/<package> as ``package``; ``uninstall`` undoes it (monkeypatch restores the rest)."""
+    """Import tests/backends/standins/<package> as ``package``; ``uninstall`` undoes it (monkeypatch restores the rest)."""
     for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
         monkeypatch.delitem(sys.modules, name)  # a real engine already imported comes back after the test
     monkeypatch.syspath_prepend(str(STANDINS_DIR))

@@ -22,7 +22,7 @@ from tests.tiny_model import make_tiny_model_dir
 
 optuna = pytest.importorskip("optuna")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --- the search space ------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_bad_space_is_one_line_error() -> None:
 
 
 def _settings(tmp_path: Path, **kw: Any) -> Any:
-    from lem.search.study import StudySettings
+    from lem.search.settings import StudySettings
 
     base = dict(
         study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db", directions=["minimize"],
@@ -97,7 +97,7 @@ class FakeLaunch:
         self.ttft_ms = ttft_ms or (lambda bs: 10.0)
 
     def __call__(self, batch: list[tuple[int, list[str]]]) -> list[Any]:
-        from lem.search.study import TrialOutcome
+        from lem.search.settings import TrialOutcome
 
         out = []
         for number, overrides in batch:
@@ -138,7 +138,8 @@ def test_study_measures_n_trials_and_finds_the_best(tmp_path: Path) -> None:
 def test_duplicates_reuse_results_and_a_small_space_is_exhausted(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
-    from lem.search.study import ATTR_DUPLICATE_OF, run_study
+    from lem.search.settings import ATTR_DUPLICATE_OF
+    from lem.search.study import run_study
 
     launch = FakeLaunch()
     result = run_study(_settings(tmp_path, n_trials=10), _space(1, 2), {}, launch, sampler_cfg={"_target_": "optuna.samplers.TPESampler", "seed": 1}, echo=lambda _: None)
@@ -164,7 +165,8 @@ def test_grid_sampler_measures_each_configuration_once(tmp_path: Path) -> None:
 def test_failed_trials_are_recorded_and_the_study_goes_on_until_the_budget(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
-    from lem.search.study import ATTR_ERROR, is_measured, run_study
+    from lem.search.settings import ATTR_ERROR
+    from lem.search.study import is_measured, run_study
 
     fails = lambda overrides: "batching.batch_size=8" in overrides or "batching.batch_size=4" in overrides  # noqa: E731
     # Budget 0.5 x 4 trials = 2 failures allowed: all four configurations are measured.
@@ -184,7 +186,8 @@ def test_failed_trials_are_recorded_and_the_study_goes_on_until_the_budget(tmp_p
 
 def test_latency_limits_make_trials_infeasible(tmp_path: Path) -> None:
     from lem.search.report import best_trials, study_rows
-    from lem.search.study import TTFT_P99_MS, run_study
+    from lem.search.settings import TTFT_P99_MS
+    from lem.search.study import run_study
 
     # Bigger batches: less J/token, more tokens/s, but a TTFT over the limit from batch 4 on.
     launch = FakeLaunch(ttft_ms=lambda bs: 100.0 * bs)
@@ -201,7 +204,9 @@ def test_latency_limits_make_trials_infeasible(tmp_path: Path) -> None:
 def test_resume_counts_finished_trials_and_fails_stale_ones(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
-    from lem.search.study import ATTR_DUPLICATE_OF, ATTR_INTERRUPTED, ATTR_WORKER, open_study, run_study
+    from lem.search.settings import ATTR_DUPLICATE_OF, ATTR_INTERRUPTED, ATTR_WORKER
+    from lem.search.storage import open_study
+    from lem.search.study import run_study
 
     sampler = {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
     space = _space(1, 2, 4, 8, 16, 32)
@@ -225,7 +230,7 @@ _KILLED_AFTER_ASK = """
 import os, signal, sys
 import optuna
 from optuna.distributions import CategoricalDistribution
-from lem.search.study import _ask
+from lem.search.storage import _ask
 study = optuna.load_study(study_name="s", storage=sys.argv[1])
 _ask(study, {"batching.batch_size": CategoricalDistribution((1, 2, 4, 8, 16, 32))})
 os.kill(os.getpid(), signal.SIGKILL)  # the trial is RUNNING: killed before anything else is written
@@ -235,7 +240,7 @@ _ASKS = """
 import sys
 import optuna
 from optuna.distributions import CategoricalDistribution
-from lem.search.study import _ask, _open_storage
+from lem.search.storage import _ask, _open_storage
 study = optuna.load_study(study_name="s", storage=_open_storage(sys.argv[1]))
 space = {"batching.batch_size": CategoricalDistribution((1, 2, 4, 8, 16, 32))}
 print(" ".join(str(_ask(study, space).number) for _ in range(int(sys.argv[2]))))
@@ -246,7 +251,7 @@ def test_workers_asking_at_once_never_get_the_same_trial(tmp_path: Path) -> None
     """Several workers on one SQLite study ask together: each trial goes to one worker, named after it."""
     import optuna
 
-    from lem.search.study import ATTR_WORKER
+    from lem.search.settings import ATTR_WORKER
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     optuna.create_study(study_name="s", storage=storage)
@@ -282,7 +287,8 @@ def test_an_asked_trial_is_running_named_and_suggested_with_or_without_optunas_i
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from lem.search.study import ATTR_WORKER, _ask
+    from lem.search.settings import ATTR_WORKER
+    from lem.search.storage import _ask
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     space = {
@@ -307,7 +313,8 @@ def test_an_asked_trial_is_running_named_and_suggested_with_or_without_optunas_i
 def test_a_worker_killed_right_after_ask_leaves_no_trial_that_counts_for_ever(tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
-    from lem.search.study import ATTR_DUPLICATE_OF, ATTR_INTERRUPTED, run_study
+    from lem.search.settings import ATTR_DUPLICATE_OF, ATTR_INTERRUPTED
+    from lem.search.study import run_study
 
     sampler = {"_target_": "optuna.samplers.RandomSampler", "seed": 0}
     space = _space(1, 2, 4, 8, 16, 32)
@@ -325,7 +332,7 @@ def test_a_worker_killed_right_after_ask_leaves_no_trial_that_counts_for_ever(tm
 
 def test_a_study_refuses_a_different_workload(tmp_path: Path) -> None:
     from lem.errors import LemError
-    from lem.search.study import open_study
+    from lem.search.storage import open_study
 
     open_study(_settings(tmp_path, identity=["model.name_or_path=/a"]), None, _space())
     with pytest.raises(LemError, match="measured the workload .*model.name_or_path=/a.*use another"):
@@ -437,7 +444,7 @@ def test_engine_reuse_loads_the_model_once_across_runtime_only_trials(min_energy
 
 def test_pareto_study_returns_a_front(tiny_model: Path, store: Path, tmp_path: Path) -> None:
     from lem.search.report import best_trials
-    from lem.search.study import StudySettings
+    from lem.search.settings import StudySettings
 
     sweep_dir = tmp_path / "study"
     result = run_study_cli(study_command(sweep_dir, tiny_model, "pareto", "hydra.sweeper.n_trials=4", store=store), tmp_path)

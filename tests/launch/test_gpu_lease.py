@@ -56,7 +56,7 @@ def test_a_killed_holder_frees_its_gpu(lock_dir: Path) -> None:
     code = (
         "import sys, time; sys.path.insert(0, %r); from lem.launch import gpu_lease; "
         "lease = gpu_lease.acquire(2, %r); print('held', flush=True); time.sleep(60)"
-    ) % (str(Path(__file__).resolve().parents[1]), GPUS)
+    ) % (str(Path(__file__).resolve().parents[2]), GPUS)
     holder = subprocess.Popen([sys.executable, "-c", code], env={**os.environ}, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

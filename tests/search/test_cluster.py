@@ -111,7 +111,7 @@ def test_two_workers_share_one_study(tiny_model: Path, tmp_path: Path) -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from tests.test_optuna_sweeper import study_command
+    from tests.search.test_optuna_sweeper import study_command
 
     storage = f"sqlite:///{tmp_path}/shared-optuna.db"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

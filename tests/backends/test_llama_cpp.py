@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from lem.backends.base import EngineSpec
 from lem.backends.llama_cpp.engine import (
     LlamaCppBackend,
     SamplerStep,
@@ -36,7 +37,7 @@ from lem.config.types import DType, Quantization, ShardingStrategy
 from lem.errors import ConfigError
 from lem.workload.types import GenerationParams, PreparedRequest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 MISSING = 'llama-cpp-python is not installed: pip install -e ".[llamacpp]" (compiles llama.cpp, ~9 minutes on 2 cores)'
 if not HAVE_LLAMA_CPP and os.environ.get("LEM_REQUIRE_LLAMA_CPP") == "1":
@@ -97,14 +98,14 @@ def test_llama_arguments_named_keys_win_and_threads_cover_prefill() -> None:
     cfg = llama_cfg(max_input_tokens=100, max_output_tokens=20)
     cfg.backend.llama_cpp.n_threads = 2
     cfg.backend.llama_cpp.llama_args = {"use_mmap": False, "verbose": True}
-    kwargs = llama_kwargs(cfg, "/m.gguf")
+    kwargs = llama_kwargs(EngineSpec.of(cfg), "/m.gguf")
     assert kwargs == {
         "verbose": True, "use_mmap": False, "model_path": "/m.gguf", "n_ctx": 120, "n_batch": 512,
         "n_gpu_layers": 0, "flash_attn": False, "n_threads": 2, "n_threads_batch": 2,
     }
     cfg.backend.llama_cpp.n_ctx = 4096
     cfg.backend.llama_cpp.n_threads = None
-    kwargs = llama_kwargs(cfg, "/m.gguf")
+    kwargs = llama_kwargs(EngineSpec.of(cfg), "/m.gguf")
     assert kwargs["n_ctx"] == 4096 and "n_threads" not in kwargs and kwargs["verbose"] is True
 
 
@@ -228,7 +229,7 @@ class FakeLib:
 
 
 def fake_backend(script: list[int]) -> tuple[LlamaCppBackend, FakeLlama, FakeLib]:
-    backend = LlamaCppBackend(llama_cfg())
+    backend = LlamaCppBackend(EngineSpec.of(llama_cfg()))
     llm, lib = FakeLlama(script), FakeLib()
     backend._llm, backend._lib = llm, lib
     backend._eos_ids, backend._n_vocab, backend._n_ctx = frozenset({EOS}), 32, 64

@@ -9,7 +9,7 @@ import pytest
 from lem.config.checks import validate
 from lem.config.schema import register_schema, to_dataclass
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose(*overrides: str):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_tracking import FAST, MODEL_NAME, lem_env, run_lem
+from tests.tracking.test_tracking import FAST, MODEL_NAME, lem_env, run_lem
 from tests.tiny_model import make_tiny_model_dir
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")

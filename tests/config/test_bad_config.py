@@ -1,24 +1,17 @@
-"""The command line as a user meets it: --help, --cfg job, and bad input refused in one line."""
+"""Bad input is refused before anything runs, in one line naming the key, the value and what is allowed.
+
+The whole table runs in-process through Hydra's compose API and lem's validation
+(``lem.config.compose.compose_config``, the path ``python -m lem`` takes); tests/test_cli.py keeps
+a handful of cases as real commands for the exit code, the single stderr line and the absent
+results folder.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run_lem(args: list[str], cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "lem", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s
-    )
-
+from lem.config.compose import compose_config
+from lem.errors import LemError
 
 # (overrides, the text the one-line error must contain)
 BAD_CONFIGS: list[tuple[list[str], str]] = [
@@ -106,88 +99,29 @@ def _has_cuda() -> bool:
         return False
 
 
+
+def refusal(overrides: list[str]) -> str:
+    """The one line ``python -m lem OVERRIDES`` prints after ``lem: error: ``."""
+    with pytest.raises(LemError) as refused:
+        compose_config(overrides)
+    message = str(refused.value)
+    assert message and "\n" not in message, f"expected one line, got:\n{message}"
+    assert "Traceback" not in message
+    return message
+
+
 @pytest.mark.parametrize(("overrides", "expected"), BAD_CONFIGS, ids=[" ".join(o) for o, _ in BAD_CONFIGS])
-def test_bad_config_is_refused_in_one_line(overrides: list[str], expected: str, tmp_path: Path) -> None:
-    result = run_lem(overrides, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
-    assert lines[0].startswith("lem: error: ")
-    assert expected in lines[0]
-    assert "Traceback" not in result.stderr
-    # Refused before anything ran: no results folder left behind.
-    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("raw"))
+def test_bad_config_is_refused_in_one_line(overrides: list[str], expected: str) -> None:
+    assert expected in refusal(overrides)
 
 
 @pytest.mark.skipif(_has_cuda(), reason="checks refusals that only apply without a GPU")
 @pytest.mark.parametrize(("overrides", "expected"), CPU_ONLY_BAD_CONFIGS, ids=[" ".join(o) for o, _ in CPU_ONLY_BAD_CONFIGS])
-def test_gpu_only_options_are_refused_on_cpu(overrides: list[str], expected: str, tmp_path: Path) -> None:
-    result = run_lem(overrides, cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert expected in result.stderr
+def test_gpu_only_options_are_refused_on_cpu(overrides: list[str], expected: str) -> None:
+    assert expected in refusal(overrides)
 
 
-def test_refused_run_leaves_no_results_folder(tmp_path: Path) -> None:
-    result = run_lem(["batching.batch_size=0"], cwd=tmp_path)
-    assert result.returncode == 2
-    leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert leftovers == [], leftovers
-
-
-def _imported_modules_after(args: list[str], tmp_path: Path) -> tuple[str, set[str]]:
-    code = (
-        "import sys, json\n"
-        f"sys.argv = ['lem', *{args!r}]\n"
-        "from lem.__main__ import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print('MODULES=' + json.dumps(sorted(sys.modules)))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    out, _, modules = result.stdout.rpartition("MODULES=")
-    import json
-
-    return out, set(json.loads(modules))
-
-
-@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"]])
-def test_help_and_cfg_import_no_heavy_library(args: list[str], tmp_path: Path) -> None:
-    out, modules = _imported_modules_after(args, tmp_path)
-    assert {"torch", "transformers", "mlflow"}.isdisjoint(modules)
-    assert "batching" in out
-
-
-def test_help_lists_groups_and_options(tmp_path: Path) -> None:
-    result = run_lem(["--help"], cwd=tmp_path)
-    assert result.returncode == 0
-    for line in [
-        "batching: dynamic, sorted_dynamic, sorted_static, static",
-        "decoder: creative, deterministic, factual, standard",
-        "precision: auto, bfloat16, float16, float32, int4, int8",
-        "traffic: constant, offline, poisson",
-        "sharding: data_parallel, none, pipeline_parallel, tensor_parallel",
-        "experiment: high_concurrency, high_throughput, quick, standard_load",
-    ]:
-        assert line in result.stdout
-    backend = next(line for line in result.stdout.splitlines() if line.startswith("backend: "))
-    assert "pytorch" in backend.split(": ", 1)[1].split(", ")
-
-
-def test_cfg_job_shows_overrides(tmp_path: Path) -> None:
-    result = run_lem(["--cfg", "job", "batching=sorted_static", "batching.batch_size=3", "experiment=quick"], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "strategy: sorted_static" in result.stdout
-    # experiment=quick sets batch_size 8, the command line wins over it.
-    assert "batch_size: 3" in result.stdout
-    assert "n_prompts: 16" in result.stdout
-
-
-def test_help_lists_the_launcher_presets_and_takes_overrides(tmp_path: Path) -> None:
-    result = run_lem(["--help", "batching=dynamic"], cwd=tmp_path)
-    assert result.returncode == 0
-    launchers = next(line for line in result.stdout.splitlines() if line.startswith("hydra/launcher: "))
-    assert {"parallel", "slurm", "submitit_local"} <= set(launchers.split(": ", 1)[1].split(", "))
-    assert "max_tokens_per_batch: 4096" in result.stdout  # the composed config reflects the override
-    bad = run_lem(["--help", "batching=nope"], cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("lem: error: batching=nope: expected one of")
+def test_good_config_composes_and_validates() -> None:
+    composed, cfg = compose_config(["backend=llama_cpp", "batching.batch_size=1", "experiment=quick"])
+    assert cfg.backend.name.value == "llama_cpp" and composed.backend.name.value == "llama_cpp"
+    assert cfg.dataset.n_prompts == 16

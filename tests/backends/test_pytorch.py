@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lem.backends.base import EngineSpec
 from lem.backends.registry import create_engine
 from lem.backends.pytorch.engine import PyTorchBackend
 from lem.backends.pytorch.config import AttnImplementation
@@ -46,7 +47,7 @@ def make_backend(model_dir: Path, **pytorch_overrides) -> PyTorchBackend:
             cfg.precision.dtype = value
         else:
             setattr(cfg.backend.pytorch, key, value)
-    backend = PyTorchBackend(cfg)
+    backend = PyTorchBackend(EngineSpec.of(cfg))
     backend.init_engine()
     backend.load_model()
     return backend
@@ -220,7 +221,7 @@ def test_create_backend_imports_no_torch() -> None:
         "b = create_engine(LemConfig())\nassert type(b).__name__ == 'PyTorchBackend'\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_create_backend_picks_pytorch() -> None:
@@ -249,7 +250,7 @@ def test_cuda_float16_load_and_generate(tiny_dir: Path) -> None:
     cfg.model.name_or_path = str(tiny_dir)
     cfg.backend.device = Device.cuda
     cfg.precision.dtype = DType.float16
-    backend = PyTorchBackend(cfg)
+    backend = PyTorchBackend(EngineSpec.of(cfg))
     backend.init_engine()
     backend.load_model()
     d = backend.describe()
@@ -267,7 +268,7 @@ def test_cuda_left_padding_matches_alone_in_float32(tiny_dir: Path) -> None:
     cfg.model.name_or_path = str(tiny_dir)
     cfg.backend.device = Device.cuda
     cfg.precision.dtype = DType.float32
-    backend = PyTorchBackend(cfg)
+    backend = PyTorchBackend(EngineSpec.of(cfg))
     backend.init_engine()
     backend.load_model()
     batch = requests(backend, PROMPTS)

@@ -16,13 +16,14 @@ import pytest
 
 import lem.models.embedded as embedded
 import lem.models.resolve as resolve
+from lem.backends.base import EngineSpec
 from lem.config.schema import ModelConfig
 from lem.config.types import EMBEDDED_MODEL
 from lem.errors import ConfigError, LemError
 from lem.files import cache_root
 from lem.models.__main__ import main as models_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HAVE_PACKAGE = __import__("importlib.util").util.find_spec(embedded.PACKAGE) is not None
 needs_package = pytest.mark.skipif(not HAVE_PACKAGE, reason=f"needs {embedded.INSTALL_COMMAND}")
 
@@ -273,7 +274,7 @@ def test_real_conversion_is_atomic_cached_and_generates(tmp_path: Path, monkeypa
     cfg = LemConfig()  # model defaults to the embedded one
     cfg.backend.device = Device.cpu
     cfg.backend.pytorch.num_threads = 1
-    backend = PyTorchBackend(cfg)
+    backend = PyTorchBackend(EngineSpec.of(cfg))
     backend.init_engine()
     started = time.perf_counter()
     backend.load_model()

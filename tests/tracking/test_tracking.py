@@ -21,7 +21,7 @@ import yaml
 
 from tests.tiny_model import make_tiny_model_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL_NAME = "tiny-llama"  # the model folder's name: it ends every run name
 
 # Fast and quiet: no idle baseline, no calflops subprocess, one thread.
@@ -411,7 +411,8 @@ def test_sweep_over_two_parameters_gets_a_heatmap_and_a_pareto_front(tmp_path: P
 def test_names_params_and_sweep_overrides() -> None:
     from enum import Enum
 
-    from lem.tracking.mlflow_sink import config_params, run_name, summary_metrics
+    from lem.tracking.metrics import config_params, summary_metrics
+    from lem.tracking.mlflow_sink import run_name
     from lem.tracking.sweep import is_sweep_override, sweep_run_name
 
     class Strategy(Enum):
@@ -440,7 +441,7 @@ def test_per_gpu_metrics_of_a_two_rank_run() -> None:
     from pathlib import Path as P
 
     from lem.results.reader import RawProcessRecords
-    from lem.tracking.mlflow_sink import summary_metrics
+    from lem.tracking.metrics import summary_metrics
 
     def rank(i: int, gen_j: float, power_w: list[float]) -> RawProcessRecords:
         dev = f"cuda:{i}"
