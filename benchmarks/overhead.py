@@ -34,7 +34,8 @@ def main() -> None:
     from lem.backends.pytorch.engine import PyTorchBackend
     from lem.config.schema import LemConfig
     from lem.config.types import Device
-    from lem.pipeline import PhaseClock, _energy_meter, _serve, generation_params
+    from lem.pipeline import _energy_meter
+    from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
     from lem.workload.traffic import arrival_offsets_s
     from lem.results.writer import RawWriter
     from lem.workload.batching import plan_batches
@@ -77,7 +78,7 @@ def main() -> None:
         total = 0
         start = time.perf_counter()
         with RawWriter(tmp / f"lem-{rep}.jsonl") as writer:
-            for served in _serve(backend, requests, offsets_s, cfg, params, clock):
+            for served in serve_open_loop(backend, requests, offsets_s, cfg, params, clock):
                 for record in served:
                     writer.write(record)
                     total += record.output_tokens

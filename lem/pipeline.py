@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from lem import __version__
 from lem.backends.registry import create_engine
@@ -25,9 +25,8 @@ from lem.config.schema import EnergyConfig, LemConfig
 from lem.config.types import DatasetSource, Device, ReportFormat, ShardingStrategy
 from lem.records import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
 from lem.workload.sharding import records_requests, shard_requests
-from lem.workload.scheduler import ScheduledBatch, open_loop_batches
 from lem.workload.traffic import arrival_offsets_s
-from lem.workload.types import GenerationParams
+from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
 
 if TYPE_CHECKING:
     from lem.launch.pool import EnginePool
@@ -45,35 +44,6 @@ class SoloGroup:
 
     def barrier(self) -> None:
         pass
-
-
-class PhaseClock:
-    """The run's clock: seconds since ``t0`` on ``time.perf_counter``, and ``t0`` in wall-clock time."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.t0_unix_s = time.time()
-
-    def now_s(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def rel(self, perf_counter_value: float) -> float:
-        return perf_counter_value - self.t0
-
-
-def generation_params(cfg: LemConfig) -> GenerationParams:
-    ds, dec = cfg.dataset, cfg.decoder
-    return GenerationParams(
-        max_output_tokens=ds.max_output_tokens,
-        min_output_tokens=ds.min_output_tokens,
-        ignore_eos=ds.ignore_eos,
-        do_sample=dec.do_sample,
-        temperature=dec.temperature,
-        top_p=dec.top_p,
-        top_k=dec.top_k,
-        repetition_penalty=dec.repetition_penalty,
-        seed=dec.seed,
-    )
 
 
 def measured_cuda_indices(cfg: LemConfig, local_rank: int = 0) -> list[int]:
@@ -199,7 +169,7 @@ def run_measurement(
         offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
         last_flush = clock.now_s()
         for cycle in range(cfg.cycles):
-            for served in _serve(backend, requests, offsets_s, cfg, params, clock):
+            for served in serve_open_loop(backend, requests, offsets_s, cfg, params, clock):
                 for record in served:
                     record.cycle = cycle
                     if recording:
@@ -310,68 +280,6 @@ def _count_flops(cfg: LemConfig, backend: Any, description: Any, records: list[R
         kv_cache=bool(description.extra.get("use_cache", True)),
         device_name=description.device_names[0] if on_gpu and description.device_names else None,
         dtype=compute_dtype if on_gpu else None,
-    )
-
-
-def _serve(
-    backend: Any, requests: list[Any], offsets_s: list[float], cfg: LemConfig, params: GenerationParams, clock: PhaseClock
-) -> Iterator[list[RequestRecord]]:
-    """Serve the workload open loop; yield request records as they complete.
-
-    Batch engines get batches formed by lem from what has arrived; engines that schedule requests
-    themselves (continuous or serial) get every request at its arrival time.
-    """
-    if backend.scheduling != "batch":
-        start = time.perf_counter()
-        arrival_times = [start + off for off in offsets_s]
-        by_id = {r.request_id: (r, t) for r, t in zip(requests, arrival_times, strict=True)}
-        for raw in backend.serve(requests, arrival_times, params):
-            request, scheduled_arrival = by_id[raw.request_id]
-            arrival = raw.arrival_time if raw.arrival_time is not None else scheduled_arrival
-            yield [_request_record(backend, request, raw, clock.rel(arrival), None, None, params, clock)]
-        return
-    for scheduled in open_loop_batches(requests, offsets_s, cfg.batching, params.max_output_tokens, clock.now_s):
-        yield _serve_batch(backend, scheduled, params, clock)
-
-
-def _serve_batch(backend: Any, scheduled: ScheduledBatch, params: GenerationParams, clock: PhaseClock) -> list[RequestRecord]:
-    batch = scheduled.requests
-    raws = backend.generate(batch, params)
-    return [
-        _request_record(backend, request, raw, arrival_s, scheduled.batch_id, len(batch), params, clock)
-        for request, arrival_s, raw in zip(batch, scheduled.arrivals_s, raws, strict=True)
-    ]
-
-
-def _request_record(
-    backend: Any,
-    request: Any,
-    raw: Any,
-    arrival_s: float,
-    batch_id: int | None,
-    batch_size: int | None,
-    params: GenerationParams,
-    clock: PhaseClock,
-) -> RequestRecord:
-    """One request's record: output tokens counted the same way for every engine (engine-independent)."""
-    from lem.workload.tokens import count_output_tokens
-
-    n_output, finish_reason = count_output_tokens(raw.output_token_ids, backend.eos_token_ids, params.ignore_eos)
-    token_times_s = [clock.rel(t) for t in raw.token_times[:n_output]]
-    start_s = clock.rel(raw.start_time)
-    return RequestRecord(
-        request_id=request.request_id,
-        batch_id=batch_id,
-        batch_size=batch_size,
-        input_tokens=request.input_tokens,
-        output_tokens=n_output,
-        arrival_s=arrival_s,
-        start_s=start_s,
-        first_token_s=token_times_s[0] if token_times_s else None,
-        end_s=token_times_s[-1] if token_times_s else start_s,
-        token_times_s=token_times_s,
-        finish_reason=finish_reason,
-        padded_input_tokens=raw.padded_input_tokens,
     )
 
 

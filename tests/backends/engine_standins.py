@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lem.config.schema import BackendName, LemConfig
-from lem.pipeline import PhaseClock, _serve, generation_params
+from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
 from lem.workload.prepare import prepare_requests
 from lem.workload.types import GenerationParams, Prompt
 
@@ -77,8 +77,8 @@ def prepared(backend: Any, cfg: LemConfig, texts: list[str] = PROMPTS) -> list[A
 
 
 def serve_records(backend: Any, cfg: LemConfig, requests: Any, offsets_s: Any, params: GenerationParams | None = None) -> tuple[list[Any], PhaseClock]:
-    """Serve through the pipeline's own ``_serve``: the records lem would write, and the phase clock."""
+    """Serve through the pipeline's own ``serve_open_loop``: the records lem would write, and the phase clock."""
     clock = PhaseClock()
     params = params or generation_params(cfg)
-    records = [record for batch in _serve(backend, requests, offsets_s, cfg, params, clock) for record in batch]
+    records = [record for batch in serve_open_loop(backend, requests, offsets_s, cfg, params, clock) for record in batch]
     return records, clock

@@ -23,7 +23,7 @@ from lem.config.checks import validate
 from lem.config.schema import BackendName, LemConfig
 from lem.config.types import ArrivalProcess, DType, FlopsStrategy, ShardingStrategy
 from lem.errors import ConfigError, LemError
-from lem.pipeline import generation_params
+from lem.workload.serve import generation_params
 from lem.workload.traffic import arrival_offsets_s
 from lem.workload.types import GenerationParams
 from tests.backends import engine_standins

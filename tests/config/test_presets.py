@@ -62,7 +62,7 @@ def test_decoder_presets_map_to_sampling_values(preset: str, expected: tuple) ->
 
 
 def test_decoder_values_reach_the_engine_parameters() -> None:
-    from lem.pipeline import generation_params
+    from lem.workload.serve import generation_params
 
     p = generation_params(compose("decoder=factual", "decoder.seed=7", "decoder.top_k=10"))
     assert (p.do_sample, p.temperature, p.top_p, p.top_k, p.seed) == (True, 0.3, 0.9, 10, 7)

@@ -4,11 +4,12 @@ Equal terms with the other engines:
 
 - Tokens: every engine gets the same ``PreparedRequest.input_ids`` from the Hugging Face tokenizer
   of ``model.name_or_path``; they are fed to llama.cpp as ids (its own tokenizer is never used).
-  At load the GGUF's vocabulary is compared with that tokenizer id by id, and a mismatch is refused.
+  At load the GGUF's vocabulary is compared with that tokenizer id by id, and a mismatch is refused
+  (gguf.py, with the other GGUF helpers).
 - Decoding: lem's sampler chain is built from llama.cpp's C samplers in Hugging Face's order
   (EOS mask for min/ignore_eos → repetition penalty over prompt + output → temperature →
   top-k → top-p → draw), instead of llama-cpp-python's default chain (top-k → typical → top-p
-  → min-p → temperature, min_p=0.05), which would decode differently.
+  → min-p → temperature, min_p=0.05), which would decode differently: sampler.py.
 - Scheduling: llama-cpp-python's ``Llama`` decodes one sequence at a time, so lem's batches cannot
   be honoured. The adapter schedules requests itself (``scheduling = "serial"``: lem hands it every
   request at its arrival time) and serves them one after another in arrival order: each request
@@ -17,21 +18,21 @@ Equal terms with the other engines:
   prefix (the chat template's system turn); the adapter resets it so every request evaluates
   its whole prompt, as the other engines do.
 
-``llama_cpp`` is imported in ``init_engine`` only, so ``python -m lem --help`` stays instant.
+``llama_cpp`` is imported in ``init_engine`` only (sampler.py and gguf.py never import it), so
+``python -m lem --help`` stays instant.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib.metadata
 import inspect
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from lem.backends.base import EngineSpec, EngineDescription, LoadedTokenizer, RawGeneration
+from lem.backends.llama_cpp.gguf import c_string, check_vocabulary, eos_token_ids, ftype_name, gguf_config_dir, llama_cpp_version
+from lem.backends.llama_cpp.sampler import SamplerChains, eos_mask_until, request_seed
 from lem.errors import ConfigError, LemError, first_line
 from lem.workload.types import GenerationParams, PreparedRequest
 
@@ -77,92 +78,6 @@ def llama_kwargs(spec: EngineSpec, gguf_path: str) -> dict[str, Any]:
         # Prefill threads follow n_threads unless set apart: one thread count, as torch.set_num_threads gives.
         kwargs.setdefault("n_threads_batch", lc.n_threads)
     return kwargs
-
-
-@dataclass(frozen=True)
-class SamplerStep:
-    """One llama.cpp C sampler: ``llama_sampler_init_<kind>(*args)``."""
-
-    kind: str  # logit_bias | penalties | temp | top_k | top_p | greedy | dist
-    args: tuple[Any, ...] = ()
-
-
-def sampler_steps(
-    params: GenerationParams,
-    *,
-    eos_ids: Sequence[int],
-    mask_eos: bool,
-    penalty_window_tokens: int,
-    seed: int,
-) -> list[SamplerStep]:
-    """lem's decoding settings as a llama.cpp sampler chain, in Hugging Face ``generate``'s order.
-
-    ``mask_eos``: EOS may not be drawn (min_output_tokens not reached yet, or ignore_eos — as
-    in the PyTorch adapter, where min_new_tokens masks it). The repetition penalty covers the
-    whole prompt and output (``penalty_window_tokens``), as Hugging Face's does.
-    """
-    steps: list[SamplerStep] = []
-    if mask_eos and eos_ids:
-        steps.append(SamplerStep("logit_bias", tuple((int(t), -math.inf) for t in sorted(eos_ids))))
-    if params.repetition_penalty != 1.0:
-        steps.append(SamplerStep("penalties", (penalty_window_tokens, float(params.repetition_penalty), 0.0, 0.0)))
-    if not params.do_sample:
-        steps.append(SamplerStep("greedy"))
-        return steps
-    if params.temperature != 1.0:
-        steps.append(SamplerStep("temp", (float(params.temperature),)))
-    if params.top_k > 0:
-        steps.append(SamplerStep("top_k", (int(params.top_k),)))
-    if params.top_p < 1.0:
-        steps.append(SamplerStep("top_p", (float(params.top_p), 1)))  # min_keep 1, as Hugging Face's
-    steps.append(SamplerStep("dist", (seed & 0xFFFFFFFF,)))
-    return steps
-
-
-def request_seed(params: GenerationParams, request_id: int) -> int:
-    """Each request its own random stream, reproducible whatever order requests are served in."""
-    return (params.seed * 1_000_003 + request_id) & 0xFFFFFFFF
-
-
-def eos_mask_until(params: GenerationParams) -> int:
-    """Output tokens during which EOS is masked: all of them with ignore_eos, else min_output_tokens."""
-    return params.max_output_tokens if params.ignore_eos else params.min_output_tokens
-
-
-def ftype_name(llama_cpp: Any, file_type: Any) -> str | None:
-    """A GGUF ``general.file_type`` number as llama.cpp names it (3 → Q4_1), from the binding's constants."""
-    try:
-        number = int(file_type)
-    except (TypeError, ValueError):
-        return None
-    for name, value in vars(llama_cpp).items():
-        if name.startswith("LLAMA_FTYPE_") and value == number and name != "LLAMA_FTYPE_GUESSED":
-            return name.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
-    return None
-
-
-def llama_cpp_version(llama_cpp: Any) -> str:
-    """``llama-cpp-python 0.3.36 (llama.cpp <version>)``; the llama.cpp part when the library reports one."""
-    try:
-        binding = importlib.metadata.version("llama_cpp_python")
-    except importlib.metadata.PackageNotFoundError:
-        binding = getattr(llama_cpp, "__version__", "unknown")
-    native = [f"{name} {value}" for name, value in (("llama.cpp", _c_string(llama_cpp, "llama_version")),
-                                                     ("ggml", _c_string(llama_cpp, "ggml_version"))) if value]
-    return f"llama-cpp-python {binding}" + (f" ({', '.join(native)})" if native else "")
-
-
-def _c_string(llama_cpp: Any, symbol: str) -> str | None:
-    """A ``const char *(void)`` the loaded libllama (or the ggml it links) exports, or None where it does not."""
-    import ctypes
-
-    try:
-        function = getattr(llama_cpp.llama_cpp._lib, symbol)
-        function.argtypes, function.restype = [], ctypes.c_char_p
-        raw = function()
-    except Exception:  # noqa: BLE001 - an older library without the symbol: the version says less
-        return None
-    return raw.decode("utf-8", "replace") if raw else None
 
 
 # -- the adapter ----------------------------------------------------------------------------
@@ -218,14 +133,14 @@ class LlamaCppBackend(LoadedTokenizer):
         except (ValueError, RuntimeError, OSError) as e:
             raise LemError(f"backend.llama_cpp.model_path={gguf}: llama.cpp could not load it: {first_line(e)}") from e
         try:
-            n_vocab = _check_vocabulary(self._lib, llm, tokenizer, str(gguf), self.spec.model.name_or_path)
+            n_vocab = check_vocabulary(self._lib, llm, tokenizer, str(gguf), self.spec.model.name_or_path)
         except BaseException:
             llm.close()
             raise
         self._llm, self._tokenizer, self._kwargs = llm, tokenizer, kwargs
         self._gguf_path, self._hf_dir = str(gguf), config_dir
         self._n_ctx, self._n_vocab = int(llm.n_ctx()), n_vocab
-        self._eos_ids = _eos_ids(tokenizer, hf_dir)
+        self._eos_ids = eos_token_ids(tokenizer, hf_dir)
 
     def generate(self, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
         """Serve ``batch`` (warmup) one request after another; each RawGeneration starts when its request did."""
@@ -285,7 +200,7 @@ class LlamaCppBackend(LoadedTokenizer):
                 n_threads=int(llm.n_threads),
                 n_threads_batch=int(llm.n_threads_batch),
                 system_info=lib.llama_print_system_info().decode("utf-8", "replace").strip(),
-                ggml_commit=_c_string(lib, "ggml_commit"),
+                ggml_commit=c_string(lib, "ggml_commit"),
             )
             num_threads = int(llm.n_threads)
         return EngineDescription(
@@ -324,7 +239,7 @@ class LlamaCppBackend(LoadedTokenizer):
             )
         seed = request_seed(params, request.request_id)
         masked_until = eos_mask_until(params)
-        chains = _SamplerChains(lib, params, sorted(self._eos_ids), self._n_vocab, needed, seed, masked_until)
+        chains = SamplerChains(lib, params, sorted(self._eos_ids), self._n_vocab, needed, seed, masked_until)
         try:
             chains.accept_prompt(prompt)
             llm.reset()  # no KV reuse from the previous request: every prompt is evaluated whole
@@ -376,7 +291,7 @@ class LlamaCppBackend(LoadedTokenizer):
                         f"holding backend.llama_cpp.model_path ({gguf.parent}) or at the model's Hugging Face id"
                     )
                 tokenizer = AutoTokenizer.from_pretrained(str(local), gguf_file=gguf.name)
-                return tokenizer, _gguf_config_dir(local, gguf)
+                return tokenizer, gguf_config_dir(local, gguf)
             tokenizer = AutoTokenizer.from_pretrained(hf_dir, **common)
         except (OSError, ValueError, ImportError) as e:
             raise LemError(f"model.name_or_path={model_cfg.name_or_path}: could not load its tokenizer: {first_line(e)}") from e
@@ -393,109 +308,3 @@ class LlamaCppBackend(LoadedTokenizer):
                 raise ConfigError(f"backend.llama_cpp.llama_args.{key}", lc.llama_args[key], f"no value here: {REFUSED_ARGS[key]}")
             if key not in accepted:
                 raise ConfigError(f"backend.llama_cpp.llama_args.{key}", lc.llama_args[key], f"a Llama(...) argument of {self._version}: {', '.join(sorted(accepted))}")
-
-
-class _SamplerChains:
-    """The C sampler chain(s) for one request; two when EOS is masked for only the first tokens.
-
-    A chain's penalty history grows with every accepted token, so the token a chain did not
-    sample is accepted into the other one: both see the same history.
-    """
-
-    def __init__(
-        self, lib: Any, params: GenerationParams, eos_ids: Sequence[int], n_vocab: int, window: int, seed: int, masked_until: int
-    ) -> None:
-        self._lib = lib
-        self._masked_until = masked_until
-        kinds = [False] if masked_until == 0 else [True] if masked_until >= params.max_output_tokens else [True, False]
-        self._chains: dict[bool, Any] = {}
-        for mask in kinds:
-            steps = sampler_steps(params, eos_ids=eos_ids, mask_eos=mask, penalty_window_tokens=window, seed=seed)
-            self._chains[mask] = _build_chain(lib, steps, n_vocab)
-
-    def accept_prompt(self, prompt: Sequence[int]) -> None:
-        for chain in self._chains.values():
-            for token in prompt:
-                self._lib.llama_sampler_accept(chain, token)
-
-    def sample(self, ctx: Any, step: int) -> int:
-        mask = step < self._masked_until
-        token = int(self._lib.llama_sampler_sample(self._chains[mask], ctx, -1))  # samples and accepts
-        other = self._chains.get(not mask)
-        if other is not None:
-            self._lib.llama_sampler_accept(other, token)
-        return token
-
-    def free(self) -> None:
-        for chain in self._chains.values():
-            self._lib.llama_sampler_free(chain)  # frees the samplers the chain owns
-        self._chains = {}
-
-
-def _build_chain(lib: Any, steps: Sequence[SamplerStep], n_vocab: int) -> Any:
-    import ctypes
-
-    params = lib.llama_sampler_chain_default_params()
-    params.no_perf = True
-    chain = lib.llama_sampler_chain_init(params)
-    for step in steps:
-        if step.kind == "logit_bias":
-            biases = (lib.llama_logit_bias * len(step.args))(*[lib.llama_logit_bias(t, b) for t, b in step.args])
-            sampler = lib.llama_sampler_init_logit_bias(n_vocab, len(step.args), ctypes.cast(biases, lib.llama_logit_bias_p))
-        elif step.kind == "penalties":
-            sampler = lib.llama_sampler_init_penalties(n_vocab, *step.args)
-        else:
-            sampler = getattr(lib, f"llama_sampler_init_{step.kind}")(*step.args)
-        lib.llama_sampler_chain_add(chain, sampler)
-    return chain
-
-
-def _check_vocabulary(lib: Any, llm: Any, tokenizer: Any, gguf: str, model_name: str) -> int:
-    """Refuse a GGUF whose token ids mean other tokens than the Hugging Face tokenizer's; return its vocabulary size."""
-    vocab = lib.llama_model_get_vocab(llm.model)
-    n_gguf = int(lib.llama_vocab_n_tokens(vocab))
-    n_hf = len(tokenizer)
-    gguf_tokens = [lib.llama_vocab_get_text(vocab, i).decode("utf-8", "replace") for i in range(n_gguf)]
-    hf_tokens = tokenizer.convert_ids_to_tokens(list(range(min(n_gguf, n_hf))))
-    differ = [i for i, (a, b) in enumerate(zip(hf_tokens, gguf_tokens)) if a != b]
-    if n_hf > n_gguf or differ:
-        first = f"; first at id {differ[0]}: {hf_tokens[differ[0]]!r} vs {gguf_tokens[differ[0]]!r}" if differ else ""
-        raise LemError(
-            f"backend.llama_cpp.model_path={gguf}: its vocabulary ({n_gguf} tokens) does not match the tokenizer of "
-            f"model.name_or_path={model_name} ({n_hf} tokens, {len(differ)} ids differ{first}); lem feeds every engine "
-            f"the same token ids, so the GGUF must be that model's"
-        )
-    return n_gguf
-
-
-def _eos_ids(tokenizer: Any, hf_dir: str) -> frozenset[int]:
-    """The ids that end a request: the generation config's EOS and the tokenizer's, as for the PyTorch adapter."""
-    eos: set[int] = set()
-    try:
-        from transformers import GenerationConfig
-
-        gen = GenerationConfig.from_pretrained(hf_dir).eos_token_id
-        eos.update(gen if isinstance(gen, list) else [gen] if gen is not None else [])
-    except (OSError, ValueError):
-        pass  # no generation_config.json: the tokenizer's EOS alone
-    if tokenizer.eos_token_id is not None:
-        eos.add(int(tokenizer.eos_token_id))
-    return frozenset(int(i) for i in eos)
-
-
-def _gguf_config_dir(directory: Path, gguf: Path) -> str | None:
-    """A config.json read from the GGUF, cached for the FLOPs count; None when transformers cannot read it."""
-    from lem.files import cache_root
-
-    target = cache_root() / "gguf-configs" / f"{gguf.stem}-{gguf.stat().st_size}"
-    if (target / "config.json").is_file():
-        return str(target)
-    try:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(str(directory), gguf_file=gguf.name)
-        target.mkdir(parents=True, exist_ok=True)
-        config.save_pretrained(str(target))
-    except (OSError, ValueError, ImportError, KeyError):
-        return None  # FLOPs then say why they are missing
-    return str(target)
