@@ -45,7 +45,7 @@ llamacpp: install llamacpp-wheel ## install the optional llama.cpp engine (backe
 	$(PY) -m pip install --quiet --find-links $(LLAMACPP_WHEELS) -e ".[dev,llamacpp]" "llama-cpp-python==$(LLAMACPP_VERSION)"
 
 model: install ## convert the embedded model once and cache it as safetensors (~1 min the first time)
-	HF_HUB_OFFLINE=1 $(PY) -m lem.models
+	HF_HUB_OFFLINE=1 $(PY) -m lem model
 
 run: model ## install, then one measured run (experiment=quick; other settings: make run ARGS="batching.batch_size=4")
 	HF_HUB_OFFLINE=1 $(PY) -m lem $(ARGS)
@@ -62,7 +62,7 @@ bench: model ## benchmarks: lem vs a bare transformers loop, and CLI start-up ti
 
 PORT ?= 5000
 ui: install ## the MLflow UI over this project's runs (mlruns/) on http://127.0.0.1:5000; another port: make ui PORT=5001
-	$(PY) -m lem.ui --store "$(CURDIR)/mlruns" --port $(PORT)
+	$(PY) -m lem ui --store "$(CURDIR)/mlruns" --port $(PORT)
 
 clean: ## remove run outputs (outputs/, multirun/) — not the venv or the model cache
 	rm -rf outputs multirun

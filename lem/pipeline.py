@@ -4,7 +4,7 @@ Every phase is an energy window of one meter (``lem.measure.energy``), on one mo
 consecutive phases share their boundary reading, so their energies add up to the whole run's.
 Every completed event is appended to the raw record file as it happens; the summary is
 computed afterwards from those records alone (late aggregation), so it can be recomputed
-with ``python -m lem.summarize RUN_DIR``.
+with ``python -m lem summarize RUN_DIR``.
 """
 
 from __future__ import annotations

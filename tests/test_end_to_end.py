@@ -110,7 +110,7 @@ def test_run_writes_records_and_summary(tiny_model: Path, tmp_path: Path) -> Non
 
     # Late aggregation: recomputing from the raw records gives the same summary.
     recomputed = subprocess.run(
-        [sys.executable, "-m", "lem.summarize", str(run_dir), "--no-write"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "lem", "summarize", str(run_dir), "--no-write"], capture_output=True, text=True, timeout=120
     )
     assert recomputed.returncode == 0, recomputed.stderr
     assert "TTFT" in recomputed.stdout
@@ -153,7 +153,7 @@ def test_killed_run_leaves_readable_records(tiny_model: Path, tmp_path: Path) ->
     assert not any(p["kind"] == "end" for p in parsed)
 
     # The summary command still works and says the run is incomplete.
-    result = subprocess.run([sys.executable, "-m", "lem.summarize", str(run_dir)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "lem", "summarize", str(run_dir)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["n_requests"] == len(requests)
@@ -183,7 +183,7 @@ def test_poisson_traffic_run_records_arrivals_and_queueing(tiny_model: Path, tmp
     assert json.loads(result.stdout) == summary  # report.format=json: stdout is exactly the summary
     assert summary["traffic"]["arrival"] == "poisson" and summary["traffic"]["target_qps"] == 20.0
     assert summary["traffic"]["achieved_qps"] > 0
-    table = subprocess.run([sys.executable, "-m", "lem.summarize", str(run_dir), "--no-write"], capture_output=True, text=True, timeout=120)
+    table = subprocess.run([sys.executable, "-m", "lem", "summarize", str(run_dir), "--no-write"], capture_output=True, text=True, timeout=120)
     assert "arrivals" in table.stdout and "target 20" in table.stdout
 
 

@@ -26,6 +26,7 @@ from lem.errors import LemError
 from lem.launch import spawn
 from lem.launch.gpu_lease import lease_for
 from lem.launch.pool import EnginePool, engine_key
+from lem.plain import plain
 from lem.session import current
 
 
@@ -43,7 +44,7 @@ def execute_job(cfg: LemConfig, composed_cfg: Any, run_dir: Path) -> dict[str, A
             assert summary is not None
             return summary
         engine_pool().clear()
-        return workers().run(cfg, plain_config(composed_cfg), run_dir)
+        return workers().run(cfg, plain(composed_cfg), run_dir)
     if ranks.launched_by_torchrun():
         return ranks.run_rank(cfg, composed_cfg, run_dir, summarize=True) or {}
     from lem.models.resolve import resolve_model_path
@@ -52,7 +53,7 @@ def execute_job(cfg: LemConfig, composed_cfg: Any, run_dir: Path) -> dict[str, A
     if session.workers is not None:
         session.workers.stop()
     resolve_model_path(cfg.model)  # convert/cache once here, not in every rank at the same time
-    ranks.run_ranks(cfg, plain_config(composed_cfg), run_dir)
+    ranks.run_ranks(cfg, plain(composed_cfg), run_dir)  # plain containers cross into the ranks
     return report_summary(cfg, run_dir)
 
 
@@ -76,13 +77,6 @@ def workers() -> WorkerManager:
         # process that multiprocessing started itself (a joblib/loky worker, which never runs atexit).
         multiprocessing.util.Finalize(None, session.workers.stop, exitpriority=10)
     return session.workers
-
-
-def plain_config(composed_cfg: Any) -> Any:
-    """The composed config as plain containers, resolved: what crosses into another process."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(composed_cfg, resolve=True) if OmegaConf.is_config(composed_cfg) else composed_cfg
 
 
 class WorkerDied(LemError):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lem.plain import plain_config
 from lem.session import current
 from lem.tracking.store import ENV_PARENT_RUN_ID, ENV_SWEEP_ID, Target, TrackingUnavailable, target_from_config
 
@@ -54,29 +55,6 @@ def sweep_context() -> tuple[str | None, str | None, int | None, Path | None]:
     return parent, sweep_id, job_num, sweep_dir
 
 
-def _plain(cfg: Any) -> dict[str, Any] | None:
-    if cfg is None:
-        return None
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            try:
-                data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-            except Exception:  # noqa: BLE001 - ${hydra:...} and missing values outside a job
-                data = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
-        else:
-            import dataclasses
-
-            data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    except Exception:  # noqa: BLE001
-        return None
-    if not isinstance(data, dict):
-        return None
-    data = {str(k): v for k, v in data.items() if k != "hydra"}
-    return data
-
-
 def _task_overrides(cfg: Any) -> list[str] | None:
     """The job's command-line overrides from Hydra's node (for a job whose folder holds no .hydra/)."""
     try:
@@ -109,7 +87,7 @@ def log_job(composed_cfg: Any, run_dir: str | os.PathLike[str], *, error_text: s
     try:
         run_id, _ = log_run_dir(
             run_dir, target, parent_run_id=parent, sweep_id=sweep_id, job_num=job_num,
-            error_text=error_text, config=None if has_config_file else _plain(composed_cfg),
+            error_text=error_text, config=None if has_config_file else plain_config(composed_cfg),
             overrides=_task_overrides(composed_cfg),
         )
         return run_id

@@ -21,7 +21,7 @@ from lem.config.schema import ModelConfig
 from lem.config.types import EMBEDDED_MODEL
 from lem.errors import ConfigError, LemError
 from lem.files import cache_root
-from lem.models.__main__ import main as models_main
+from lem.models.cli import main as models_main
 
 REPO = Path(__file__).resolve().parents[2]
 HAVE_PACKAGE = __import__("importlib.util").util.find_spec(embedded.PACKAGE) is not None
@@ -226,7 +226,7 @@ def test_reachable_hub_passes_the_id_through(monkeypatch: pytest.MonkeyPatch) ->
 
 def _prepare(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lem.models"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "lem", "model"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
 
 
@@ -239,7 +239,7 @@ def test_real_conversion_is_atomic_cached_and_generates(tmp_path: Path, monkeypa
     target = embedded.embedded_model_dir()
 
     # A conversion killed part-way leaves no cache directory behind, only a temp dir the next run removes.
-    killed = subprocess.Popen([sys.executable, "-m", "lem.models"], cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen([sys.executable, "-m", "lem", "model"], cwd=REPO, env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(target.parent.glob(".*.tmp-*")) and time.monotonic() < deadline and killed.poll() is None:
         time.sleep(0.05)

@@ -315,7 +315,7 @@ def test_cli_recomputes_and_fails_in_one_line(tmp_path: Path, capsys: pytest.Cap
 def test_python_dash_m_lem_summarize(tmp_path: Path):
     make_run(tmp_path)
     out = subprocess.run(
-        [sys.executable, "-m", "lem.summarize", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "lem", "summarize", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
     assert "throughput" in out.stdout and (tmp_path / "summary.json").exists()

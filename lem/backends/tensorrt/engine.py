@@ -184,7 +184,7 @@ class TensorRTBackend(LoadedTokenizer):
         t = self.spec.options
         extra: dict[str, Any] = {
             "runtime": t.runtime.value,
-            "llm_args": {k: _plain(v) for k, v in self._llm_args.items() if k != "model"},
+            "llm_args": {k: _json_view(v) for k, v in self._llm_args.items() if k != "model"},
             "model_path": self._model_path,
             "use_cache": True,  # paged KV cache, always on
             "quantization": t.quantization,
@@ -335,20 +335,20 @@ def _quant_algo(llmapi: Any, name: str) -> Any:
     return algo
 
 
-def _plain(value: Any) -> Any:
+def _json_view(value: Any) -> Any:
     """A JSON-friendly view of a config object for the run header."""
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _json_view(v) for k, v in value.items()}
     for dump in ("model_dump", "to_dict"):
         if hasattr(value, dump):
             try:
-                return _plain(getattr(value, dump)())
+                return _json_view(getattr(value, dump)())
             except Exception:  # noqa: BLE001 - a description only; fall back to repr
                 break
     if hasattr(value, "__dict__"):
-        return {k: _plain(v) for k, v in vars(value).items() if not k.startswith("_")}
+        return {k: _json_view(v) for k, v in vars(value).items() if not k.startswith("_")}
     return repr(value)
