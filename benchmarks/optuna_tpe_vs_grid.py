@@ -69,8 +69,8 @@ def trials_to_reach(sampler: dict[str, Any], table: dict[Any, float], seed: int)
     """Measured trials of one replayed study until one is within WITHIN of the table's best."""
     import optuna
 
-    from lem.search.space import parse_search_space
     from lem.search.settings import StudySettings, TrialOutcome
+    from lem.search.space import parse_search_space
     from lem.search.storage import build_sampler
     from lem.search.study import params_key, run_study
 

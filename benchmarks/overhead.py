@@ -35,13 +35,13 @@ def main() -> None:
     from lem.config.schema import LemConfig
     from lem.config.types import Device
     from lem.pipeline import _energy_meter
-    from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
-    from lem.workload.traffic import arrival_offsets_s
     from lem.results.writer import RawWriter
     from lem.workload.batching import plan_batches
     from lem.workload.prepare import prepare_requests
     from lem.workload.prompts import load_prompts
+    from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
     from lem.workload.tokens import count_output_tokens
+    from lem.workload.traffic import arrival_offsets_s
 
     cfg = LemConfig()
     cfg.backend.device = Device.cpu

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lem.config.compose import CONF_DIR
+
 EXIT_USER_ERROR = 2
 
 # lem <subcommand>: the module whose main(argv) runs it, and what it does (for --help).

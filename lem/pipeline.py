@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lem import __version__
+from lem.backends.base import unload_quietly
 from lem.backends.registry import create_engine
 from lem.config.rules import resolve_device
 from lem.config.schema import EnergyConfig, LemConfig
 from lem.config.types import DatasetSource, Device, ReportFormat, ShardingStrategy
 from lem.records import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
+from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
 from lem.workload.sharding import records_requests, shard_requests
 from lem.workload.traffic import arrival_offsets_s
-from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
 
 if TYPE_CHECKING:
     from lem.launch.pool import EnginePool
@@ -201,7 +202,7 @@ def run_measurement(
         writer.write(_count_flops(cfg, backend, description, records))
         writer.write(EndRecord(status="completed", end_s=clock.now_s()))
     except BaseException:
-        _unload(backend)  # a failed job may leave the engine in a bad state: never lend it again
+        unload_quietly(backend)  # a failed job may leave the engine in a bad state: never lend it again
         raise
     finally:
         meter.stop()
@@ -212,7 +213,7 @@ def run_measurement(
     if engines is not None:
         engines.give_back(cfg, backend)
     else:
-        _unload(backend)
+        unload_quietly(backend)
     return report_summary(cfg, run_dir) if summarize else None
 
 
@@ -224,15 +225,6 @@ def _warn_unapplied_batching(cfg: LemConfig, backend: Any) -> None:
             "not applied (the run header records the scheduling; its records carry no batch)",
             cfg.backend.name.value, b.strategy.value, b.batch_size,
         )
-
-
-def _unload(backend: Any) -> None:
-    if backend is None:
-        return
-    try:
-        backend.unload()
-    except Exception:  # noqa: BLE001 - freeing memory must not mask the job's own outcome
-        pass
 
 
 def report_summary(cfg: LemConfig, run_dir: Path) -> dict[str, Any]:

@@ -17,7 +17,14 @@ TINY_SPECIAL_TOKENS = ["<s>", "<|im_end|>", "<pad>", "<|im_start|>"]
 @pytest.fixture(scope="session")
 def tiny_tokenizer_json() -> str:
     """A byte-level BPE (GPT-2 style) trained in milliseconds on lem's built-in prompts."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     from lem.workload.builtin_prompts import builtin_prompts
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+
 def run_lem(args: list[str], cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("HYDRA_FULL_ERROR", None)

@@ -16,7 +16,12 @@ from lem.errors import LemError
 from lem.workload.types import GenerationParams, PreparedRequest
 
 if TYPE_CHECKING:
-    from lem.config.schema import LemConfig, ModelConfig, PrecisionConfig, ShardingConfig
+    from lem.config.schema import (
+        LemConfig,
+        ModelConfig,
+        PrecisionConfig,
+        ShardingConfig,
+    )
     from lem.config.types import Device
 
 # How an engine is handed the workload: "batch" — lem forms batches and calls generate();
@@ -177,3 +182,13 @@ def check_requests_fit(requests: Sequence[PreparedRequest], max_output_tokens: i
                 f"(prompt + max_output_tokens) but the engine holds {limit_key.rsplit('.', 1)[-1]}={limit}; "
                 f"raise {limit_key} or set run.reuse_engine=false"
             )
+
+
+def unload_quietly(backend: Backend | None) -> None:
+    """Unload an engine after its job, whatever happened: freeing memory must not mask the job's own outcome."""
+    if backend is None:
+        return
+    try:
+        backend.unload()
+    except Exception:  # noqa: BLE001
+        pass

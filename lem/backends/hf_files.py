@@ -54,7 +54,10 @@ def _generation_eos(model: ModelConfig, path: str) -> Any:
             if found is not None:
                 return found
         return None
-    from transformers import AutoConfig, GenerationConfig  # a hub id: the lookups from_pretrained makes
+    from transformers import (  # a hub id: the lookups from_pretrained makes
+        AutoConfig,
+        GenerationConfig,
+    )
 
     kwargs: dict[str, Any] = {"revision": model.revision} if model.revision else {}
     try:
@@ -95,3 +98,13 @@ def _json_field(path: str, filename: str, key: str) -> Any:
         return json.loads(file.read_text()).get(key)
     except (OSError, ValueError):
         return None
+
+
+def load_hf_tokenizer(model: ModelConfig) -> tuple[str, Any, frozenset[int]]:
+    """Find the model (converting the embedded one on first use) and load its Hugging Face tokenizer:
+    ``(local path, tokenizer, EOS token ids)`` — what every engine counts tokens with."""
+    from lem.models.resolve import resolve_model_path
+
+    path = resolve_model_path(model)
+    tokenizer = load_tokenizer(model, path)
+    return path, tokenizer, eos_token_ids(model, path, tokenizer)

@@ -1,15 +1,27 @@
-"""Checks shared by the GPU serving engines (vLLM, TensorRT-LLM): devices, parallel sizes, passthroughs."""
+"""What the GPU serving engines (vLLM, TensorRT-LLM) share: their config checks (devices, parallel sizes,
+passthroughs) and the skeleton of their adapters (``ServingEngine``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import gc
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from lem.backends.base import (
+    EngineDescription,
+    EngineSpec,
+    LoadedTokenizer,
+    RawGeneration,
+    serve_together,
+)
+from lem.backends.cuda import cuda_device_names, empty_cuda_cache
 from lem.config.rules import at_least
 from lem.config.types import Device, Quantization, ShardingStrategy
 from lem.errors import ConfigError
 
 if TYPE_CHECKING:
     from lem.config.schema import LemConfig, ShardingConfig
+    from lem.workload.types import GenerationParams, PreparedRequest
 
 
 def engine_parallel_sizes(sharding: ShardingConfig, options: Any, engine: str) -> tuple[int, int]:
@@ -69,3 +81,45 @@ def require_gpus(engine: str, n_gpus: int) -> None:
     available = torch.cuda.device_count()
     if n_gpus > available:
         raise ConfigError("sharding.num_shards", n_gpus, f"at most {available}, the number of CUDA GPUs visible here")
+
+
+class ServingEngine(LoadedTokenizer):
+    """The adapter skeleton of an engine that schedules requests itself on CUDA GPUs: lem hands each
+    request over at its arrival (``serve``); ``self._llm`` is the engine object ``load_model`` builds."""
+
+    scheduling = "continuous"  # the engine schedules requests itself; lem hands them over at arrival
+    engine_name: ClassVar[str]  # backend=<engine_name>
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self._llm: Any = None
+        self._model_path: str | None = None
+
+    def generate(self, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
+        return serve_together(self, batch, params)
+
+    def _require_llm(self) -> Any:
+        if self._llm is None:
+            raise RuntimeError("load_model() must run before serve()")
+        return self._llm
+
+    def _description(self, engine_version: str, dtype: str, extra: dict[str, Any]) -> EngineDescription:
+        tp, pp = engine_parallel_sizes(self.spec.sharding, self.spec.options, self.engine_name)
+        return EngineDescription(
+            engine=self.engine_name,
+            engine_version=engine_version,
+            device_type="cuda",
+            device_names=cuda_device_names(tp * pp),
+            dtype=dtype,
+            num_threads=None,
+            extra=extra,
+        )
+
+    def _free_llm(self, shutdown: Callable[[Any], None]) -> None:
+        """Drop the engine object after ``shutdown(llm)`` stopped its processes, and free GPU memory."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            shutdown(llm)
+        del llm
+        gc.collect()
+        empty_cuda_cache()

@@ -11,9 +11,24 @@ from __future__ import annotations
 import os
 
 from lem.backends.registry import ENGINES
-from lem.config.rules import at_least, in_range, require_cuda, require_package, resolve_device
+from lem.config.rules import (
+    at_least,
+    in_range,
+    require_cuda,
+    require_package,
+    resolve_device,
+)
 from lem.config.schema import LemConfig
-from lem.config.types import EMBEDDED_MODEL, ArrivalProcess, BatchingStrategy, DatasetSource, Device, DType, Quantization, ShardingStrategy
+from lem.config.types import (
+    EMBEDDED_MODEL,
+    ArrivalProcess,
+    BatchingStrategy,
+    DatasetSource,
+    Device,
+    DType,
+    Quantization,
+    ShardingStrategy,
+)
 from lem.errors import ConfigError
 
 

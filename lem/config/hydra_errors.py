@@ -51,7 +51,12 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
 
 
 def _describe_omegaconf(err: Any, argv: Sequence[str]) -> str:
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        MissingMandatoryValue,
+        ValidationError,
+    )
 
     full_key = str(getattr(err, "full_key", "") or "")
     msg = str(getattr(err, "msg", "") or str(err)).splitlines()[0]

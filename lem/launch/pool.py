@@ -14,6 +14,7 @@ import json
 from enum import Enum
 from typing import Any
 
+from lem.backends.base import unload_quietly
 from lem.config.schema import LemConfig
 
 
@@ -75,22 +76,13 @@ class EnginePool:
             self.clear()
             self._key, self._backend = engine_key(cfg), backend
         else:
-            _unload(backend)
+            unload_quietly(backend)
 
     def discard(self, backend: Any) -> None:
         """After a failed job: the engine may be in a bad state; never lend it again."""
-        _unload(backend)
+        unload_quietly(backend)
 
     def clear(self) -> None:
         if self._backend is not None:
-            _unload(self._backend)
+            unload_quietly(self._backend)
         self._key, self._backend = None, None
-
-
-def _unload(backend: Any) -> None:
-    if backend is None:
-        return
-    try:
-        backend.unload()
-    except Exception:  # noqa: BLE001 - freeing memory must not mask the job's own outcome
-        pass

@@ -118,7 +118,9 @@ def ensure_embedded_model() -> Path:
     if _is_current(target, source):
         return target
 
-    from filelock import FileLock  # a dependency of huggingface_hub, so always present with transformers
+    from filelock import (
+        FileLock,  # a dependency of huggingface_hub, so always present with transformers
+    )
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target.parent / f".{target.name}.lock")):

@@ -13,12 +13,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lem.errors import LemError
+from lem.records import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
 from lem.results.cycles import cycles_section
 from lem.results.energy import energy_section, utilisation_section
 from lem.results.latency import distribution, request_latencies
 from lem.results.phase_energy import energy_of
 from lem.results.reader import RawProcessRecords, clock_offsets
-from lem.records import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
 
 HOST_SHARED_COMPONENTS = frozenset({"cpu", "dram", "system"})  # one physical meter per host
 MIN_WINDOW_S = 5.0  # below this the energy counters' resolution dominates the figure

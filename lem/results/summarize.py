@@ -34,7 +34,9 @@ def load_config(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf  # a Hydra dependency; imported here to keep the module light
+    from omegaconf import (
+        OmegaConf,  # a Hydra dependency; imported here to keep the module light
+    )
 
     try:
         cfg = OmegaConf.load(path)

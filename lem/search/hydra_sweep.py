@@ -16,7 +16,13 @@ from typing import Any
 
 from lem.errors import LemError
 from lem.plain import plain
-from lem.search.settings import J_PER_TOKEN, LIMIT_KEYS, TOKENS_PER_S, StudySettings, TrialOutcome
+from lem.search.settings import (
+    J_PER_TOKEN,
+    LIMIT_KEYS,
+    TOKENS_PER_S,
+    StudySettings,
+    TrialOutcome,
+)
 from lem.search.storage import redact
 from lem.search.study import outcome_from_run_dir
 

@@ -53,7 +53,11 @@ def parse_search_space(arguments: Sequence[str]) -> tuple[dict[str, Any], dict[s
 def distribution_from_override(override: Any, text: str = "") -> Any:
     """One Hydra sweep override → one Optuna distribution."""
     from hydra.core.override_parser.types import Transformer
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     value = override.value()
     if override.is_choice_sweep():
@@ -116,7 +120,11 @@ def trial_overrides(params: Mapping[str, Any], fixed: Mapping[str, str]) -> list
 
 def grid_values(distribution: Any) -> list[Any]:
     """Every value of a discrete distribution (for GridSampler and exhaustive benchmarks)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     if isinstance(distribution, CategoricalDistribution):
         return list(distribution.choices)

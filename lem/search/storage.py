@@ -18,9 +18,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from lem.errors import LemError
-from lem.search.settings import ATTR_CONSTRAINTS, ATTR_INTERRUPTED, ATTR_WORKER, STUDY_ATTR_IDENTITY, StudySettings
+from lem.search.settings import (
+    ATTR_CONSTRAINTS,
+    ATTR_INTERRUPTED,
+    ATTR_WORKER,
+    STUDY_ATTR_IDENTITY,
+    StudySettings,
+)
 from lem.tracking.store import error_line, sqlite_path
-
 
 # --- the sampler -------------------------------------------------------------------------------
 

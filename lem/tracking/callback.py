@@ -19,7 +19,12 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from lem.tracking.store import ENV_PARENT_RUN_ID, ENV_SWEEP_ID, TrackingUnavailable, target_from_config
+from lem.tracking.store import (
+    ENV_PARENT_RUN_ID,
+    ENV_SWEEP_ID,
+    TrackingUnavailable,
+    target_from_config,
+)
 
 
 def _sweep_dir(config: Any) -> Path | None:

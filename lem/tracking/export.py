@@ -1,4 +1,4 @@
-"""``python -m lem.export``: the runs of an experiment as CSV, one row per run.
+"""``python -m lem export``: the runs of an experiment as CSV, one row per run.
 
 From the MLflow store (``--filter`` takes MLflow's search syntax, e.g.
 ``params.batching.batch_size = '8'``), or straight from result folders with ``--from-dirs``
@@ -17,7 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from lem.tracking.store import DEFAULT_EXPERIMENT, Target, TrackingUnavailable, resolve_tracking_uri, search_all_runs
+from lem.tracking.store import (
+    DEFAULT_EXPERIMENT,
+    Target,
+    TrackingUnavailable,
+    resolve_tracking_uri,
+    search_all_runs,
+)
 
 KEY_PARAMS = (
     "model.name_or_path",
@@ -127,8 +133,8 @@ def rows_from_dirs(paths: Sequence[Path], *, all_columns: bool = False) -> list[
     from lem.tracking.metrics import config_params, summary_metrics
     from lem.tracking.mlflow_sink import run_name, run_status
     from lem.tracking.run_folder import read_run_folder, run_key
-    from lem.tracking.sync import discover, sweep_id_for
     from lem.tracking.sweep import read_sweep_file
+    from lem.tracking.sync import discover, sweep_id_for
 
     sweeps, runs = discover(paths)
     found: list[tuple[Path, str]] = [(job, "") for job in runs]
@@ -177,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lem export",
         description="Export lem runs as CSV (one row per run): key params and headline metrics.",
         epilog="Examples:\n"
-        "  python -m lem.export -o runs.csv\n"
-        "  python -m lem.export --filter \"params.batching.batch_size = '8' and metrics.`energy/j_per_output_token` < 0.5\"\n"
-        "  python -m lem.export --from-dirs multirun/2026-05-01/12-00-00 -o sweep.csv",
+        "  python -m lem export -o runs.csv\n"
+        "  python -m lem export --filter \"params.batching.batch_size = '8' and metrics.`energy/j_per_output_token` < 0.5\"\n"
+        "  python -m lem export --from-dirs multirun/2026-05-01/12-00-00 -o sweep.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment name (default: lem)")

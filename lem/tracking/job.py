@@ -14,7 +14,14 @@ from typing import Any
 
 from lem.plain import plain_config
 from lem.session import current
-from lem.tracking.store import ENV_PARENT_RUN_ID, ENV_SWEEP_ID, Target, TrackingUnavailable, target_from_config
+from lem.tracking.store import (
+    ENV_PARENT_RUN_ID,
+    ENV_SWEEP_ID,
+    Target,
+    TrackingUnavailable,
+    target_from_config,
+)
+
 
 def _key(run_dir: str | os.PathLike[str]) -> str:
     return str(Path(run_dir).resolve())

@@ -1,7 +1,7 @@
 """Log one finished run directory to MLflow: params, metrics, tags, artifacts, plots.
 
 The run directory is the only input (``lem.tracking.run_folder`` reads it), so a run is logged
-the same way live, from the Hydra callback, or later, by ``python -m lem.sync``. Its params
+the same way live, from the Hydra callback, or later, by ``python -m lem sync``. Its params
 and metrics are named by ``lem.tracking.metrics``; its name, tags and status are made here —
 :func:`run_tags`, :func:`run_name` and :func:`run_status` need no MLflow.
 """
@@ -18,7 +18,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from lem.tracking.metrics import config_params, finite_number, param_value, summary_metrics
+from lem.tracking.metrics import (
+    config_params,
+    finite_number,
+    param_value,
+    summary_metrics,
+)
 from lem.tracking.run_folder import (
     ERROR_FILE,
     RunFolder,
@@ -106,7 +111,7 @@ def run_tags(folder: RunFolder, *, sweep_id: str | None = None, job_num: int | N
         "lem.run_dir": str(folder.path),
         RUN_KEY_TAG: run_key(folder),
         "mlflow.user": user_name(),
-        "mlflow.source.name": "python -m lem" if live else "python -m lem.sync",
+        "mlflow.source.name": "python -m lem" if live else "python -m lem sync",
         "mlflow.source.type": "LOCAL",
     }
     optional = {

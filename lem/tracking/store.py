@@ -7,7 +7,7 @@ Hydra gives a job. ``tracking.tracking_uri`` wins, then ``MLFLOW_TRACKING_URI``,
 the default.
 
 A store that cannot be reached is reported once per process (one warning line naming
-``python -m lem.sync``); the run's local results are never affected.
+``python -m lem sync``); the run's local results are never affected.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def warn_unavailable(target: Target, reason: str, results_path: str | os.PathLik
         return
     warned.add(target.uri)
     where = f"; local results are in {results_path}" if results_path else ""
-    later = f"python -m lem.sync {results_path}" if results_path else "python -m lem.sync RESULTS_DIR"
+    later = f"python -m lem sync {results_path}" if results_path else "python -m lem sync RESULTS_DIR"
     print(
         f"lem: warning: MLflow tracking store {target.uri} unavailable ({reason}){where}; "
         f"log them later with: {later}",
@@ -250,7 +250,7 @@ def warn_unavailable(target: Target, reason: str, results_path: str | os.PathLik
 def warn_logging_failed(run_dir: str | os.PathLike[str], exc: BaseException) -> None:
     print(
         f"lem: warning: could not log {run_dir} to MLflow ({error_line(exc)}); "
-        f"the local results are complete; retry with: python -m lem.sync {run_dir}",
+        f"the local results are complete; retry with: python -m lem sync {run_dir}",
         file=sys.stderr,
         flush=True,
     )

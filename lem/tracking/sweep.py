@@ -97,7 +97,7 @@ def create_parent(
         SWEEP_ID_TAG: sweep_id,
         "lem.overrides": " ".join(overrides),
         "mlflow.user": user_name(),
-        "mlflow.source.name": "python -m lem -m" if live else "python -m lem.sync",
+        "mlflow.source.name": "python -m lem -m" if live else "python -m lem sync",
         "mlflow.source.type": "LOCAL",
         "mlflow.note.content": "Hydra multirun: `python -m lem -m " + " ".join(overrides) + "`\n\n"
         "Children: one run per job. Artifacts: `sweep/children.csv`, `plots/`.",

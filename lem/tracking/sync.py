@@ -1,4 +1,4 @@
-"""``python -m lem.sync PATH...``: log result folders to MLflow after the fact, without duplicates.
+"""``python -m lem sync PATH...``: log result folders to MLflow after the fact, without duplicates.
 
 For runs made while the tracking store was unreachable, with tracking disabled, or on a
 machine without access to the team's server. PATH may be a run folder, a multirun sweep
@@ -184,7 +184,12 @@ def sync_run(path: Path, args: argparse.Namespace, report: Report, *, parent_run
 
 def sync_sweep(sweep: Sweep, args: argparse.Namespace, report: Report) -> None:
     from lem.tracking.run_folder import read_run_folder, run_key
-    from lem.tracking.sweep import create_parent, finalize_parent, find_parent, read_sweep_file
+    from lem.tracking.sweep import (
+        create_parent,
+        finalize_parent,
+        find_parent,
+        read_sweep_file,
+    )
 
     if not sweep.jobs:
         report.line("empty", sweep.path, "sweep folder without job results")
@@ -233,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lem sync",
         description="Log lem result folders (runs and multirun sweeps) to MLflow; runs already there are skipped.",
-        epilog="Example: python -m lem.sync multirun/2026-05-01/12-00-00 outputs/ --tracking-uri http://mlflow.example:5000",
+        epilog="Example: python -m lem sync multirun/2026-05-01/12-00-00 outputs/ --tracking-uri http://mlflow.example:5000",
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run folders, sweep folders, or folders above them")
     parser.add_argument("--tracking-uri", default=None,

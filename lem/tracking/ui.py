@@ -1,4 +1,4 @@
-"""``python -m lem.ui`` (``make ui``): the MLflow UI on 127.0.0.1 over the project's store.
+"""``python -m lem ui`` (``make ui``): the MLflow UI on 127.0.0.1 over the project's store.
 
 One place builds the server command, so ``make ui`` and the browser test start the same
 thing: ``mlflow server`` with the SQLite store under ``mlruns/``, its artifact folder, one
@@ -17,7 +17,12 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from lem.tracking.store import ARTIFACTS_DIRNAME, DB_FILENAME, default_store_dir, sqlite_path
+from lem.tracking.store import (
+    ARTIFACTS_DIRNAME,
+    DB_FILENAME,
+    default_store_dir,
+    sqlite_path,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from lem.config.schema import BackendName, LemConfig
-from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
 from lem.workload.prepare import prepare_requests
+from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
 from lem.workload.types import GenerationParams, Prompt
 
 STANDINS_DIR = Path(__file__).resolve().parent / "standins"

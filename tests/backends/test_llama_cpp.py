@@ -24,7 +24,12 @@ import pytest
 
 from lem.backends.base import EngineSpec
 from lem.backends.llama_cpp.engine import LlamaCppBackend, llama_kwargs
-from lem.backends.llama_cpp.sampler import SamplerStep, eos_mask_until, request_seed, sampler_steps
+from lem.backends.llama_cpp.sampler import (
+    SamplerStep,
+    eos_mask_until,
+    request_seed,
+    sampler_steps,
+)
 from lem.config.checks import validate
 from lem.config.schema import BackendName, LemConfig
 from lem.config.types import DType, Quantization, ShardingStrategy

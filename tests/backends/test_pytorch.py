@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from lem.backends.base import EngineSpec
-from lem.backends.registry import create_engine
-from lem.backends.pytorch.engine import PyTorchBackend
 from lem.backends.pytorch.config import AttnImplementation
+from lem.backends.pytorch.engine import PyTorchBackend
+from lem.backends.registry import create_engine
 from lem.config.schema import LemConfig
 from lem.config.types import Device, DType
 from lem.errors import LemError

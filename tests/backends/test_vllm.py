@@ -27,7 +27,13 @@ from lem.workload.serve import generation_params
 from lem.workload.traffic import arrival_offsets_s
 from lem.workload.types import GenerationParams
 from tests.backends import engine_standins
-from tests.backends.engine_standins import PROMPTS, engine_cfg, loaded_backend, prepared, serve_records
+from tests.backends.engine_standins import (
+    PROMPTS,
+    engine_cfg,
+    loaded_backend,
+    prepared,
+    serve_records,
+)
 from tests.tiny_model import EOS_ID, make_tiny_model_dir
 
 REAL_VLLM = importlib.util.find_spec("vllm") is not None  # looked up before any stand-in is on sys.path

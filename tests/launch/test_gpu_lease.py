@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lem.launch import gpu_lease
 from lem.config.schema import LemConfig
+from lem.launch import gpu_lease
 
 GPUS = ["GPU-aaaa", "GPU-bbbb"]
 

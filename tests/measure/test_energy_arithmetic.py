@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from lem.measure.energy.arithmetic import counter_delta, cumulative_at, mean_std, net_of_idle, trapezoid_j
+from lem.measure.energy.arithmetic import (
+    counter_delta,
+    cumulative_at,
+    mean_std,
+    net_of_idle,
+    trapezoid_j,
+)
 
 
 def test_counter_delta_plain_and_wrapped():

@@ -10,12 +10,11 @@ import textwrap
 import pytest
 
 from lem.measure import flops as fl
-from lem.measure.flops import calflops_count
-from lem.measure.flops import run as flops_run
 from lem.measure.flops import (
     FlopsUnavailable,
     RequestTokens,
     analytical_cost,
+    calflops_count,
     calflops_fit,
     count_run_flops,
     flops_summary,
@@ -24,6 +23,7 @@ from lem.measure.flops import (
     run_flops,
     transformer_shape,
 )
+from lem.measure.flops import run as flops_run
 from lem.measure.gpu_peaks import find_gpu, peak_flops_per_s
 
 needs_calflops = pytest.mark.skipif(not fl.calflops_available(), reason="calflops not installed (pip install calflops)")

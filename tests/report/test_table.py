@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lem.records import (
+    EndRecord,
+    EnergyReading,
+    HeaderRecord,
+    MemoryRecord,
+    PhaseRecord,
+    RequestRecord,
+    to_json_dict,
+)
 from lem.report.table import DASH, fmt_bytes, fmt_num, render_summary
 from lem.results.aggregate import summarize
 from lem.results.reader import RawProcessRecords
-from lem.records import EndRecord, EnergyReading, HeaderRecord, MemoryRecord, PhaseRecord, RequestRecord, to_json_dict
 
 
 def run_records(energy: list[EnergyReading]) -> RawProcessRecords:

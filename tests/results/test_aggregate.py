@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from lem.results.aggregate import summarize
-from lem.results.reader import RawProcessRecords
 from lem.records import (
     EndRecord,
     EnergyReading,
@@ -21,6 +19,8 @@ from lem.records import (
     RequestRecord,
     to_json_dict,
 )
+from lem.results.aggregate import summarize
+from lem.results.reader import RawProcessRecords
 from lem.results.summarize import main, write_summary
 from lem.results.writer import RawWriter, raw_path
 

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
+from lem.records import EnergyReading, FlopsRecord, PhaseRecord
 from lem.results.aggregate import summarize
 from lem.results.cycles import mean_std_ci95, t975
-from lem.records import EnergyReading, FlopsRecord, PhaseRecord
 from tests.results.test_aggregate import proc, req
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from lem.errors import LemError
-from lem.results.reader import read_raw_file, read_run
 from lem.records import (
     EndRecord,
     EnergyReading,
@@ -25,6 +24,7 @@ from lem.records import (
     PhaseRecord,
     RequestRecord,
 )
+from lem.results.reader import read_raw_file, read_run
 from lem.results.writer import RawWriter, raw_path, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[2]

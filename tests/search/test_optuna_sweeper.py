@@ -29,7 +29,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_sweep_syntax_becomes_optuna_distributions() -> None:
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     from lem.search.space import parse_search_space
 
@@ -285,7 +289,11 @@ def test_an_asked_trial_is_running_named_and_suggested_with_or_without_optunas_i
     internals: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     from lem.search.settings import ATTR_WORKER
     from lem.search.storage import _ask

@@ -1,4 +1,4 @@
-"""The MLflow UI in a real browser: ``python -m lem.ui``'s server over a store holding lem runs,
+"""The MLflow UI in a real browser: ``python -m lem ui``'s server over a store holding lem runs,
 driven by headless Chromium (Debian's ``chromium`` + ``chromium-driver``) through Selenium.
 
 Checks what a user looks for: the run list shows lem's runs by name, a run page shows its
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.tracking.test_tracking import FAST, MODEL_NAME, lem_env, run_lem
 from tests.tiny_model import make_tiny_model_dir
+from tests.tracking.test_tracking import FAST, MODEL_NAME, lem_env, run_lem
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
 BROWSER_ARGS = (

@@ -192,8 +192,8 @@ def test_export_csv_from_store_with_a_param_filter(logged_run: dict[str, Any], t
     from lem.tracking.export import main as export_main
 
     out = tmp_path / "runs.csv"
-    args = ["lem.export", "--tracking-uri", logged_run["uri"], "--experiment", "lem-test", "-o", str(out)]
-    result = run_lem([*args, "--filter", "params.batching.batch_size = '4'"], cwd=tmp_path)
+    args = ["--tracking-uri", logged_run["uri"], "--experiment", "lem-test", "-o", str(out)]
+    result = run_lem(["lem", "export", *args, "--filter", "params.batching.batch_size = '4'"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 1
@@ -204,7 +204,7 @@ def test_export_csv_from_store_with_a_param_filter(logged_run: dict[str, Any], t
     assert float(row["metrics.energy/j_per_output_token"]) == pytest.approx(summary["energy"]["j_per_output_token"])
     assert float(row["metrics.latency/ttft_ms_p99"]) == pytest.approx(summary["latency"]["ttft_ms"]["p99"])
 
-    result = run_cli(export_main, [*args[1:], "--filter", "params.batching.batch_size = '8'"], capsys, monkeypatch)
+    result = run_cli(export_main, [*args, "--filter", "params.batching.batch_size = '8'"], capsys, monkeypatch)
     assert result.returncode == 0 and list(csv.DictReader(out.open())) == []
 
 
@@ -224,10 +224,10 @@ def test_unreachable_store_warns_once_keeps_results_and_sync_logs_them_later(
     assert (run_dir / "summary.json").is_file() and (run_dir / "raw" / "process-0.jsonl").is_file()
     warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
     assert len(warnings) == 1, result.stderr
-    assert "http://127.0.0.1:9" in warnings[0] and f"python -m lem.sync {run_dir}" in warnings[0]
+    assert "http://127.0.0.1:9" in warnings[0] and f"python -m lem sync {run_dir}" in warnings[0]
 
     # the server is still down: sync says so in one line and fails
-    down = run_lem(["lem.sync", str(run_dir)], cwd=tmp_path)
+    down = run_lem(["lem", "sync", str(run_dir)], cwd=tmp_path)
     assert down.returncode == 1 and len(down.stderr.strip().splitlines()) == 1 and "unavailable" in down.stderr
 
     uri = sqlite_uri(tmp_path / "later" / "mlflow.db")
@@ -318,7 +318,7 @@ def test_sync_recreates_the_sweep_in_another_store_and_never_duplicates(
 
     # a fresh store (say, the team's server): parent recreated, children under it, failure kept
     uri = sqlite_uri(tmp / "team" / "mlflow.db")
-    first = run_lem(["lem.sync", str(tmp), "--tracking-uri", uri], cwd=tmp)  # the folder above: the sweep is found
+    first = run_lem(["lem", "sync", str(tmp), "--tracking-uri", uri], cwd=tmp)  # the folder above: the sweep is found
     assert first.returncode == 0, first.stderr
     assert "logged 4 run(s), skipped 0" in first.stdout
     second = run_cli(sync_main, [str(sweep_dir / "1"), str(sweep_dir), "--tracking-uri", uri], capsys, monkeypatch)
@@ -340,7 +340,7 @@ def test_sync_recreates_the_sweep_in_another_store_and_never_duplicates(
         assert c.data.metrics == twin.data.metrics and c.data.params == twin.data.params
 
     # export straight from the folders, no MLflow involved
-    out = run_lem(["lem.export", "--from-dirs", str(sweep_dir)], cwd=tmp)
+    out = run_lem(["lem", "export", "--from-dirs", str(sweep_dir)], cwd=tmp)
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert [r["status"] for r in rows] == ["FINISHED", "FINISHED", "FAILED", "FINISHED"]

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from lem.backends.base import Engine
 from lem.config.rules import at_least, nvidia_gpu_present, require_package
-from lem.config.types import EMBEDDED_MODEL, Device, DType, Quantization, ShardingStrategy
+from lem.config.types import (
+    EMBEDDED_MODEL,
+    Device,
+    DType,
+    Quantization,
+    ShardingStrategy,
+)
 from lem.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -30,8 +30,20 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from lem.backends.base import EngineSpec, EngineDescription, LoadedTokenizer, RawGeneration
-from lem.backends.llama_cpp.gguf import c_string, check_vocabulary, eos_token_ids, ftype_name, gguf_config_dir, llama_cpp_version
+from lem.backends.base import (
+    EngineDescription,
+    EngineSpec,
+    LoadedTokenizer,
+    RawGeneration,
+)
+from lem.backends.llama_cpp.gguf import (
+    c_string,
+    check_vocabulary,
+    eos_token_ids,
+    ftype_name,
+    gguf_config_dir,
+    llama_cpp_version,
+)
 from lem.backends.llama_cpp.sampler import SamplerChains, eos_mask_until, request_seed
 from lem.errors import ConfigError, LemError, first_line
 from lem.workload.types import GenerationParams, PreparedRequest
@@ -92,8 +104,6 @@ class LlamaCppBackend(LoadedTokenizer):
         self.spec = spec
         self._lib: Any = None  # the llama_cpp module
         self._llm: Any = None
-        self._tokenizer: Any = None
-        self._eos_ids: frozenset[int] = frozenset()
         self._gguf_path: str | None = None
         self._hf_dir: str | None = None  # tokenizer and config for FLOPs
         self._kwargs: dict[str, Any] = {}

@@ -13,7 +13,13 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
-from lem.backends.base import EngineSpec, EngineDescription, LoadedTokenizer, RawGeneration, check_requests_fit
+from lem.backends.base import (
+    EngineDescription,
+    EngineSpec,
+    LoadedTokenizer,
+    RawGeneration,
+    check_requests_fit,
+)
 from lem.backends.hf_files import hub_revision
 from lem.config.rules import resolve_device
 from lem.config.types import Device, DType, Quantization, ShardingStrategy
@@ -33,8 +39,6 @@ class PyTorchBackend(LoadedTokenizer):
         self.spec = spec
         self._device: torch.device | None = None
         self._model: Any = None
-        self._tokenizer: Any = None
-        self._eos_ids: frozenset[int] = frozenset()
         self._pad_id: int | None = None
         self._num_threads: int | None = None
         self._model_path: str | None = None

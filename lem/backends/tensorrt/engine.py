@@ -19,17 +19,20 @@ tensorrt_llm is imported in ``init_engine`` only, so ``python -m lem --help`` st
 from __future__ import annotations
 
 import asyncio
-import gc
 import queue
 import threading
 import time
 from enum import Enum
 from typing import Any, Iterator, Sequence
 
-from lem.backends.base import EngineSpec, EngineDescription, LoadedTokenizer, RawGeneration, check_requests_fit, serve_together
-from lem.backends.cuda import cuda_device_names, empty_cuda_cache
-from lem.backends.hf_files import context_length, hub_revision
-from lem.backends.serving import engine_parallel_sizes
+from lem.backends.base import (
+    EngineDescription,
+    EngineSpec,
+    RawGeneration,
+    check_requests_fit,
+)
+from lem.backends.hf_files import context_length, hub_revision, load_hf_tokenizer
+from lem.backends.serving import ServingEngine, engine_parallel_sizes
 from lem.backends.tensorrt.config import TensorRTRuntime
 from lem.errors import ConfigError, LemError, first_line
 from lem.workload.types import GenerationParams, PreparedRequest
@@ -103,19 +106,15 @@ def tensorrt_sampling_kwargs(params: GenerationParams, eos_token_ids: frozenset[
     return kwargs
 
 
-class TensorRTBackend(LoadedTokenizer):
+class TensorRTBackend(ServingEngine):
     """``ContinuousBackend`` on TensorRT-LLM's LLM API: requests submitted at arrival, tokens streamed back."""
 
-    scheduling = "continuous"  # the engine schedules requests itself; lem hands them over at arrival
+    engine_name = "tensorrt"
 
     def __init__(self, spec: EngineSpec) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self._trtllm: Any = None
-        self._llm: Any = None
-        self._tokenizer: Any = None
-        self._eos_ids: frozenset[int] = frozenset()
         self._llm_args: dict[str, Any] = {}
-        self._model_path: str | None = None
 
     # -- phases -------------------------------------------------------------------------
 
@@ -131,13 +130,8 @@ class TensorRTBackend(LoadedTokenizer):
             self.init_engine()
         from tensorrt_llm import llmapi
 
-        from lem.backends.hf_files import eos_token_ids, load_tokenizer
-        from lem.models.resolve import resolve_model_path
-
-        path = resolve_model_path(self.spec.model)
+        path, self._tokenizer, self._eos_ids = load_hf_tokenizer(self.spec.model)
         self._model_path = path
-        self._tokenizer = load_tokenizer(self.spec.model, path)
-        self._eos_ids = eos_token_ids(self.spec.model, path, self._tokenizer)
         self._llm_args = tensorrt_llm_args(self.spec, path, llmapi)
         llm_class = self._llm_class()
         try:
@@ -166,9 +160,6 @@ class TensorRTBackend(LoadedTokenizer):
         finally:
             worker.stop()
 
-    def generate(self, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
-        return serve_together(self, batch, params)
-
     def synchronize(self) -> None:
         """Nothing to wait for: a streamed token reaches lem only after the executor produced it on the
         GPU, and lem queues no device work of its own."""
@@ -177,7 +168,6 @@ class TensorRTBackend(LoadedTokenizer):
         from lem.backends.hf_files import checkpoint_dtype
 
         version = getattr(self._trtllm, "__version__", "unknown") if self._trtllm is not None else "not loaded"
-        tp, pp = engine_parallel_sizes(self.spec.sharding, self.spec.options, "tensorrt")
         dtype = self.spec.precision.dtype.value
         if dtype == "auto" and self._model_path is not None:
             dtype = checkpoint_dtype(self._model_path) or dtype  # the PyTorch runtime keeps the checkpoint's dtype
@@ -191,34 +181,22 @@ class TensorRTBackend(LoadedTokenizer):
             "token_times": "host perf_counter when each streamed delta reached lem",
             "setup_phases": "model_load holds TensorRT-LLM's whole constructor: weights, KV cache (and engine build for trt_engine)",
         }
-        return EngineDescription(
-            engine="tensorrt",
-            engine_version=f"tensorrt_llm {version}",
-            device_type="cuda",
-            device_names=cuda_device_names(tp * pp),
-            dtype=dtype,
-            num_threads=None,
-            extra=extra,
-        )
+        return self._description(f"tensorrt_llm {version}", dtype, extra)
 
     def unload(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is not None and hasattr(llm, "shutdown"):
-            llm.shutdown()  # stops the executor and its worker processes now, not at exit
-        del llm
-        gc.collect()
-        empty_cuda_cache()
+        def shutdown(llm: Any) -> None:
+            if hasattr(llm, "shutdown"):
+                llm.shutdown()  # stops the executor and its worker processes now, not at exit
+
+        self._free_llm(shutdown)
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _require_llm(self) -> Any:
-        if self._llm is None:
-            raise RuntimeError("load_model() must run before serve()")
-        return self._llm
-
     def _llm_class(self) -> Any:
         if self.spec.options.runtime is TensorRTRuntime.trt_engine:
-            from tensorrt_llm._tensorrt_engine import LLM  # 1.x's home of the TensorRT-engine LLM
+            from tensorrt_llm._tensorrt_engine import (
+                LLM,  # 1.x's home of the TensorRT-engine LLM
+            )
 
             return LLM
         return self._trtllm.LLM

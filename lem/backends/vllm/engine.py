@@ -19,15 +19,18 @@ vllm is imported in ``init_engine`` only, so ``python -m lem --help`` stays inst
 from __future__ import annotations
 
 import dataclasses
-import gc
 import time
 from collections import deque
 from typing import Any, Iterator, Sequence
 
-from lem.backends.base import EngineSpec, EngineDescription, LoadedTokenizer, RawGeneration, check_requests_fit, serve_together
-from lem.backends.cuda import cuda_device_names, empty_cuda_cache
-from lem.backends.hf_files import context_length, hub_revision
-from lem.backends.serving import engine_parallel_sizes
+from lem.backends.base import (
+    EngineDescription,
+    EngineSpec,
+    RawGeneration,
+    check_requests_fit,
+)
+from lem.backends.hf_files import context_length, hub_revision, load_hf_tokenizer
+from lem.backends.serving import ServingEngine, engine_parallel_sizes
 from lem.errors import ConfigError, LemError, first_line
 from lem.workload.types import GenerationParams, PreparedRequest
 
@@ -87,19 +90,15 @@ def vllm_sampling_kwargs(params: GenerationParams, eos_token_ids: frozenset[int]
     return kwargs
 
 
-class VllmBackend(LoadedTokenizer):
+class VllmBackend(ServingEngine):
     """``ContinuousBackend`` on vLLM's engine: lem hands requests over at their arrival times, vLLM schedules them."""
 
-    scheduling = "continuous"  # the engine schedules requests itself; lem hands them over at arrival
+    engine_name = "vllm"
 
     def __init__(self, spec: EngineSpec) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self._vllm: Any = None
-        self._llm: Any = None
-        self._tokenizer: Any = None
-        self._eos_ids: frozenset[int] = frozenset()
         self._engine_args: dict[str, Any] = {}
-        self._model_path: str | None = None
 
     # -- phases -------------------------------------------------------------------------
 
@@ -123,13 +122,8 @@ class VllmBackend(LoadedTokenizer):
                 "backend=vllm: this process is a daemonic worker, and vLLM must start its engine-core process "
                 "from it; run with run.isolation=inline"
             )
-        from lem.backends.hf_files import eos_token_ids, load_tokenizer
-        from lem.models.resolve import resolve_model_path
-
-        path = resolve_model_path(self.spec.model)
+        path, self._tokenizer, self._eos_ids = load_hf_tokenizer(self.spec.model)
         self._model_path = path
-        self._tokenizer = load_tokenizer(self.spec.model, path)
-        self._eos_ids = eos_token_ids(self.spec.model, path, self._tokenizer)
         self._engine_args = vllm_engine_args(self.spec, path)
         try:
             self._llm = self._vllm.LLM(**self._engine_args)
@@ -139,7 +133,7 @@ class VllmBackend(LoadedTokenizer):
     def serve(
         self, requests: Sequence[PreparedRequest], arrival_times: Sequence[float], params: GenerationParams
     ) -> Iterator[RawGeneration]:
-        engine = self._require_engine().llm_engine
+        engine = self._require_llm().llm_engine
         sampling = self._sampling_params(params)
         check_requests_fit(requests, params.max_output_tokens, self._engine_args.get("max_model_len"), "backend.vllm.max_model_len")
         by_key = {REQUEST_ID_PREFIX + str(r.request_id): (r, arrival) for r, arrival in zip(requests, arrival_times, strict=True)}
@@ -178,9 +172,6 @@ class VllmBackend(LoadedTokenizer):
             if live:
                 engine.abort_request(list(live))  # a consumer that stopped early leaves nothing running
 
-    def generate(self, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
-        return serve_together(self, batch, params)
-
     def synchronize(self) -> None:
         """Nothing to wait for: each step's outputs are on the host (the GPU work behind them is done)
         before ``step`` returns, and lem queues no device work of its own."""
@@ -190,7 +181,6 @@ class VllmBackend(LoadedTokenizer):
 
         vllm = self._vllm
         version = getattr(vllm, "__version__", "unknown") if vllm is not None else "not loaded"
-        tp, pp = engine_parallel_sizes(self.spec.sharding, self.spec.options, "vllm")
         dtype = self.spec.precision.dtype.value
         model_config = getattr(getattr(self._llm, "llm_engine", None), "model_config", None)
         if model_config is not None and getattr(model_config, "dtype", None) is not None:
@@ -206,31 +196,17 @@ class VllmBackend(LoadedTokenizer):
             "token_times": "host perf_counter when each streamed delta reached lem",
             "setup_phases": "model_load holds vLLM's whole constructor: weights, KV-cache profiling, compile, CUDA graphs",
         }
-        return EngineDescription(
-            engine="vllm",
-            engine_version=f"vllm {version}",
-            device_type="cuda",
-            device_names=cuda_device_names(tp * pp),
-            dtype=dtype,
-            num_threads=None,
-            extra=extra,
-        )
+        return self._description(f"vllm {version}", dtype, extra)
 
     def unload(self) -> None:
-        llm, self._llm = self._llm, None
-        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        if engine_core is not None and hasattr(engine_core, "shutdown"):
-            engine_core.shutdown()  # stops the engine-core process and its GPU workers now, not at exit
-        del llm
-        gc.collect()
-        empty_cuda_cache()
+        def shutdown(llm: Any) -> None:
+            engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            if engine_core is not None and hasattr(engine_core, "shutdown"):
+                engine_core.shutdown()  # stops the engine-core process and its GPU workers now, not at exit
+
+        self._free_llm(shutdown)
 
     # -- helpers --------------------------------------------------------------------------
-
-    def _require_engine(self) -> Any:
-        if self._llm is None:
-            raise RuntimeError("load_model() must run before serve()")
-        return self._llm
 
     def _sampling_params(self, params: GenerationParams) -> Any:
         from vllm.sampling_params import RequestOutputKind

@@ -29,13 +29,28 @@ from lem.errors import LemError
 from lem.measure.cuda import cuda_in_use
 from lem.measure.energy import baseline
 from lem.measure.energy.baseline import IDLE_WINDOW
-from lem.measure.energy.carbon import CodeCarbonSource, estimate_detail, intensity_setting
+from lem.measure.energy.carbon import (
+    CodeCarbonSource,
+    estimate_detail,
+    intensity_setting,
+)
 from lem.measure.energy.nvml import NvmlSource
 from lem.measure.energy.rapl import DEFAULT_ROOT, RaplSource
 from lem.measure.energy.sampler import PowerSample, PowerSampler, Snapshot
 from lem.measure.energy.sources import Channel, Key, Source
-from lem.measure.energy.window import MIN_WINDOW_S, RECOMMENDED_WINDOW_S, Window, window_readings, window_warnings
-from lem.records import EnergyMeterRecord, IdleBaselineRecord, IdlePower, PowerSamplesRecord
+from lem.measure.energy.window import (
+    MIN_WINDOW_S,
+    RECOMMENDED_WINDOW_S,
+    Window,
+    window_readings,
+    window_warnings,
+)
+from lem.records import (
+    EnergyMeterRecord,
+    IdleBaselineRecord,
+    IdlePower,
+    PowerSamplesRecord,
+)
 
 
 class EnergyMeter:

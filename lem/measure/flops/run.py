@@ -27,7 +27,6 @@ from lem.measure.flops.calflops_count import (
 from lem.measure.gpu_peaks import peak_flops_per_s
 from lem.records import FlopsRecord
 
-
 # --- composing forwards into a generation ------------------------------------------------
 
 

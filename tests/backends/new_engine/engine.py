@@ -5,7 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from lem.backends.base import EngineDescription, EngineSpec, LoadedTokenizer, RawGeneration
+from lem.backends.base import (
+    EngineDescription,
+    EngineSpec,
+    LoadedTokenizer,
+    RawGeneration,
+)
 from lem.workload.types import GenerationParams, PreparedRequest
 
 
@@ -19,12 +24,9 @@ class EchoBackend(LoadedTokenizer):
         pass
 
     def load_model(self) -> None:
-        from lem.backends.hf_files import eos_token_ids, load_tokenizer
-        from lem.models.resolve import resolve_model_path
+        from lem.backends.hf_files import load_hf_tokenizer
 
-        path = resolve_model_path(self.spec.model)
-        self._tokenizer = load_tokenizer(self.spec.model, path)
-        self._eos_ids = eos_token_ids(self.spec.model, path, self._tokenizer)
+        _, self._tokenizer, self._eos_ids = load_hf_tokenizer(self.spec.model)
 
     def generate(self, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
         start = time.perf_counter()
