@@ -59,12 +59,14 @@ def _task(cfg: Any) -> float | None:
 
     from lem.launch.job import execute_job
     from lem.launch.ranks import launched_by_torchrun
+    from lem.results.writer import write_resolved_config
     from lem.tracking.job import log_finished_job
 
     if launched_by_torchrun() and int(os.environ.get("RANK", "0")) > 0:
         lem_cfg.tracking.enabled = False  # under torchrun, rank 0 logs the run for every rank
     try:
-        summary = execute_job(lem_cfg, cfg, run_dir)
+        write_resolved_config(cfg, run_dir)  # the composed config stays here: jobs get the validated LemConfig
+        summary = execute_job(lem_cfg, run_dir)
     except LemError as error:
         log_finished_job(lem_cfg, cfg, run_dir, error_text=traceback.format_exc())
         if not multirun:

@@ -58,7 +58,6 @@ def measured_cuda_indices(cfg: LemConfig, local_rank: int = 0) -> list[int]:
 
 def run_measurement(
     cfg: LemConfig,
-    composed_cfg: Any,
     run_dir: Path,
     process_index: int = 0,
     world_size: int = 1,
@@ -79,7 +78,6 @@ def run_measurement(
     from lem.workload.prompts import load_prompts
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_resolved_config(composed_cfg, run_dir)
 
     # File and dataset problems surface before any model loads.
     prompts = None if cfg.dataset.source is DatasetSource.synthetic else load_prompts(cfg.dataset)
@@ -273,13 +271,6 @@ def _count_flops(cfg: LemConfig, backend: Any, description: Any, records: list[R
         device_name=description.device_names[0] if on_gpu and description.device_names else None,
         dtype=compute_dtype if on_gpu else None,
     )
-
-
-def _write_resolved_config(composed_cfg: Any, run_dir: Path) -> None:
-    from omegaconf import OmegaConf
-
-    text = OmegaConf.to_yaml(composed_cfg, resolve=True)
-    (run_dir / "resolved_config.yaml").write_text(text)
 
 
 def _energy_meter(energy_cfg: EnergyConfig, cuda_indices: list[int] | None, t0: float | None, host_meters: bool) -> EnergyMeter:

@@ -26,11 +26,10 @@ from lem.errors import LemError
 from lem.launch import spawn
 from lem.launch.gpu_lease import lease_for
 from lem.launch.pool import EnginePool, engine_key
-from lem.plain import plain
 from lem.session import current
 
 
-def execute_job(cfg: LemConfig, composed_cfg: Any, run_dir: Path) -> dict[str, Any]:
+def execute_job(cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
     """Run one measured job into ``run_dir`` and return its summary."""
     from lem.launch import ranks
     from lem.pipeline import report_summary, run_measurement
@@ -40,20 +39,20 @@ def execute_job(cfg: LemConfig, composed_cfg: Any, run_dir: Path) -> dict[str, A
         if cfg.run.isolation is Isolation.inline:
             if session.workers is not None:
                 session.workers.stop()
-            summary = run_measurement(cfg, composed_cfg, run_dir, engines=engine_pool())
+            summary = run_measurement(cfg, run_dir, engines=engine_pool())
             assert summary is not None
             return summary
         engine_pool().clear()
-        return workers().run(cfg, plain(composed_cfg), run_dir)
+        return workers().run(cfg, run_dir)
     if ranks.launched_by_torchrun():
-        return ranks.run_rank(cfg, composed_cfg, run_dir, summarize=True) or {}
+        return ranks.run_rank(cfg, run_dir, summarize=True) or {}
     from lem.models.resolve import resolve_model_path
 
     engine_pool().clear()  # the ranks load their own engines; free this process's before they start
     if session.workers is not None:
         session.workers.stop()
     resolve_model_path(cfg.model)  # convert/cache once here, not in every rank at the same time
-    ranks.run_ranks(cfg, plain(composed_cfg), run_dir)  # plain containers cross into the ranks
+    ranks.run_ranks(cfg, run_dir)
     return report_summary(cfg, run_dir)
 
 
@@ -106,14 +105,14 @@ class EngineWorker:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def run_job(self, cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    def run_job(self, cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
         """Send one job and wait for its summary; raise LemError/RuntimeError/WorkerDied on failure."""
         from lem.launch.pool import engine_key
 
         self.engine_key = engine_key(cfg)
         self.n_jobs += 1
         try:
-            self._conn.send(("job", cfg, composed, str(run_dir)))
+            self._conn.send(("job", cfg, str(run_dir)))
         except (BrokenPipeError, OSError) as exc:
             raise WorkerDied(f"the engine worker (pid {self.pid}) is gone: {exc}") from None
         while True:
@@ -141,7 +140,7 @@ class EngineWorker:
         """Ask the worker to unload and exit; kill it if it does not."""
         if self.process.is_alive():
             try:
-                self._conn.send(("stop", None, None, None))
+                self._conn.send(("stop", None, None))
             except (BrokenPipeError, OSError):
                 pass
             self.process.join(timeout=timeout_s)
@@ -159,14 +158,14 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
     pool = EnginePool()
     while True:
         try:
-            kind, cfg, composed, run_dir = conn.recv()
+            kind, cfg, run_dir = conn.recv()
         except (EOFError, OSError):
             break
         if kind == "stop":
             pool.clear()
             break
         try:
-            summary = run_measurement(cfg, composed, Path(run_dir), engines=pool)
+            summary = run_measurement(cfg, Path(run_dir), engines=pool)
         except LemError as exc:
             conn.send(("user_error", str(exc)))
             continue
@@ -187,7 +186,7 @@ class WorkerManager:
         self.lease: Any = None
         self.n_started = 0
 
-    def run(self, cfg: LemConfig, composed: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    def run(self, cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
         key = engine_key(cfg)
         w = self.worker
         if w is not None and (not w.alive() or not cfg.run.reuse_engine or w.engine_key != key):
@@ -198,7 +197,7 @@ class WorkerManager:
             self.worker = EngineWorker(env)
             self.n_started += 1
         try:
-            return self.worker.run_job(cfg, composed, run_dir)
+            return self.worker.run_job(cfg, run_dir)
         except BaseException:
             self.stop()  # a failed job may leave the engine or the device in a bad state: never reuse it
             raise

@@ -127,3 +127,11 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_resolved_config(composed_cfg: Any, run_dir: Path) -> None:
+    """``resolved_config.yaml``: the config the run used, interpolations resolved (read by summarize and tracking)."""
+    from omegaconf import OmegaConf
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(composed_cfg, resolve=True))

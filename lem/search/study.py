@@ -45,7 +45,7 @@ from lem.search.settings import (
     TrialOutcome,
 )
 from lem.search.storage import _ask, _has_set_constraint, _tell, open_study
-from lem.tracking.metrics import finite_number
+from lem.tracking.metrics import finite_number, value_at
 from lem.tracking.store import error_line
 
 # A constraint value for a limit whose metric is missing: clearly violated, still finite for any storage.
@@ -66,12 +66,7 @@ class StudyResult:
 
 def summary_value(summary: Mapping[str, Any], path: str) -> float | None:
     """The finite number at ``path`` (``latency.ttft_ms.p99``) of a summary; None when there is none."""
-    node: Any = summary
-    for part in path.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part)
-    return finite_number(node)
+    return finite_number(value_at(summary, path))
 
 
 def outcome_from_run_dir(run_dir: Path | None, paths: Sequence[str], *, error: str | None = None) -> TrialOutcome:

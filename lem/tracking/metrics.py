@@ -73,6 +73,16 @@ def metric_name(*parts: str) -> str:
     return "/".join(re.sub(r"[^\w.\- ]+", "_", str(p)).strip() or "_" for p in parts if p != "")
 
 
+def value_at(data: Any, dotted: str) -> Any:
+    """The value at ``a.b.c`` of nested mappings; None where the path ends early."""
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
 def finite_number(v: Any) -> float | None:
     """A finite int or float as a float; None for anything else (null, NaN, a bool, a string)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):

@@ -23,6 +23,7 @@ from lem.tracking.metrics import (
     finite_number,
     param_value,
     summary_metrics,
+    value_at,
 )
 from lem.tracking.run_folder import (
     ERROR_FILE,
@@ -47,11 +48,7 @@ _STATUS = {"completed": "FINISHED", "incomplete": "KILLED"}
 
 
 def _cfg(config: Mapping[str, Any] | None, dotted: str) -> Any:
-    node: Any = config or {}
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(part)
+    node = value_at(config or {}, dotted)
     if isinstance(node, Enum):
         return param_value(node)
     return node
@@ -63,8 +60,11 @@ def model_short_name(name_or_path: Any) -> str:
     return re.split(r"[/\\:]", text)[-1] if text else ""
 
 
-# Engines that schedule requests themselves: lem's batching strategy and batch size are not theirs.
-SCHEDULING_OF_BACKEND = {"vllm": "continuous", "tensorrt": "continuous", "llama_cpp": "serial"}
+def engine_scheduling(backend: str) -> str:
+    """"batch", "continuous" or "serial" for a registered engine; "batch" for a name lem does not know."""
+    from lem.backends.registry import scheduling
+
+    return scheduling(backend)
 
 
 def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None = None, job_num: int | None = None) -> str:
@@ -74,8 +74,9 @@ def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None
     backend = str(_cfg(config, "backend.name") or run.get("engine") or "run")
     parts = [backend]
     strategy = _cfg(config, "batching.strategy")
-    if backend in SCHEDULING_OF_BACKEND:
-        parts.append(SCHEDULING_OF_BACKEND[backend])  # lem's batching does not apply: say how requests were served
+    scheduling = engine_scheduling(backend)  # the engine class says how it is handed requests
+    if scheduling != "batch":
+        parts.append(scheduling)  # engines that schedule requests themselves: lem's batching does not apply
     elif strategy:
         parts.append(str(strategy))
         if strategy in ("dynamic", "sorted_dynamic") and _cfg(config, "batching.max_tokens_per_batch"):

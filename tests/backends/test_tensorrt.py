@@ -261,7 +261,6 @@ def test_request_too_long_for_the_loaded_engine_is_refused(trtllm, tiny_dir: Pat
 
 
 def test_full_measured_run_on_the_stand_in(trtllm, tiny_dir: Path, tmp_path: Path) -> None:
-    from omegaconf import OmegaConf
 
     from lem.pipeline import run_measurement
 
@@ -272,7 +271,7 @@ def test_full_measured_run_on_the_stand_in(trtllm, tiny_dir: Path, tmp_path: Pat
     cfg.flops.strategy = FlopsStrategy.analytical
     cfg.traffic.arrival, cfg.traffic.target_qps = ArrivalProcess.poisson, 30.0
     run_dir = tmp_path / "run"
-    run_measurement(cfg, OmegaConf.structured(cfg), run_dir)
+    run_measurement(cfg, run_dir)
     lines = [json.loads(line) for line in (run_dir / "raw" / "process-0.jsonl").read_text().splitlines()]
     header = lines[0]
     assert (header["engine"], header["engine_version"]) == ("tensorrt", "tensorrt_llm 1.2.1")

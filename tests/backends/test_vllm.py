@@ -327,7 +327,6 @@ def test_a_consumer_that_stops_early_leaves_nothing_running(vllm, tiny_dir: Path
 
 
 def test_full_measured_run_on_the_stand_in(vllm, tiny_dir: Path, tmp_path: Path) -> None:
-    from omegaconf import OmegaConf
 
     from lem.pipeline import run_measurement
 
@@ -337,7 +336,7 @@ def test_full_measured_run_on_the_stand_in(vllm, tiny_dir: Path, tmp_path: Path)
     cfg.flops.strategy = FlopsStrategy.analytical  # calflops would load the model in torch: slow and beside the point
     cfg.traffic.arrival, cfg.traffic.target_qps = ArrivalProcess.constant, 50.0
     run_dir = tmp_path / "run"
-    run_measurement(cfg, OmegaConf.structured(cfg), run_dir)
+    run_measurement(cfg, run_dir)
     lines = [json.loads(line) for line in (run_dir / "raw" / "process-0.jsonl").read_text().splitlines()]
     header = lines[0]
     assert (header["engine"], header["engine_version"]) == ("vllm", "vllm 0.33.0")

@@ -41,14 +41,14 @@ def header(run_dir: Path) -> dict:
 def test_identical_engine_settings_reuse_the_worker_and_others_replace_it(tiny_model: Path, tmp_path: Path) -> None:
     manager = WorkerManager()
     try:
-        first = manager.run(job_cfg(tiny_model), {}, tmp_path / "a")
+        first = manager.run(job_cfg(tiny_model), tmp_path / "a")
         pid = manager.worker.pid
         assert first["n_requests"] == 3 and pid != os.getpid()  # measured in another process
         assert header(tmp_path / "a")["pid"] == pid and header(tmp_path / "a")["engine_reused"] is False
 
         runtime_only = job_cfg(tiny_model, n_prompts=2)  # a different workload, same engine
         runtime_only.decoder.do_sample = True
-        manager.run(runtime_only, {}, tmp_path / "b")
+        manager.run(runtime_only, tmp_path / "b")
         assert manager.worker.pid == pid and manager.n_started == 1
         b = json.loads((tmp_path / "b" / "raw" / "process-0.jsonl").read_text().splitlines()[0])
         phases = [json.loads(line)["name"] for line in (tmp_path / "b" / "raw" / "process-0.jsonl").read_text().splitlines() if '"kind": "phase"' in line]
@@ -56,7 +56,7 @@ def test_identical_engine_settings_reuse_the_worker_and_others_replace_it(tiny_m
 
         other_engine = job_cfg(tiny_model)
         other_engine.precision.dtype = DType.bfloat16
-        manager.run(other_engine, {}, tmp_path / "c")
+        manager.run(other_engine, tmp_path / "c")
         assert manager.worker.pid != pid and manager.n_started == 2
         assert header(tmp_path / "c")["engine_reused"] is False and header(tmp_path / "c")["dtype"] == "bfloat16"
     finally:
@@ -66,7 +66,7 @@ def test_identical_engine_settings_reuse_the_worker_and_others_replace_it(tiny_m
 def test_a_killed_worker_fails_its_job_and_the_next_job_gets_a_fresh_one(tiny_model: Path, tmp_path: Path) -> None:
     manager = WorkerManager()
     try:
-        manager.run(job_cfg(tiny_model, n_prompts=1), {}, tmp_path / "warm")  # start a worker
+        manager.run(job_cfg(tiny_model, n_prompts=1), tmp_path / "warm")  # start a worker
         doomed_pid = manager.worker.pid
         raw = tmp_path / "slow" / "raw" / "process-0.jsonl"
 
@@ -84,13 +84,13 @@ def test_a_killed_worker_fails_its_job_and_the_next_job_gets_a_fresh_one(tiny_mo
         slow.batching.batch_size = 1
         slow.dataset.ignore_eos = True
         with pytest.raises(WorkerDied, match="killed by signal SIGKILL"):
-            manager.run(slow, {}, tmp_path / "slow")
+            manager.run(slow, tmp_path / "slow")
         killer.join()
         assert manager.worker is None  # the dead worker is dropped
         lines = raw.read_text().splitlines()
         assert not any('"kind": "end"' in line for line in lines)  # what it wrote stays readable, marked unfinished
 
-        after = manager.run(job_cfg(tiny_model), {}, tmp_path / "after")  # same engine settings, fresh worker
+        after = manager.run(job_cfg(tiny_model), tmp_path / "after")  # same engine settings, fresh worker
         assert after["status"] == "completed" and manager.worker.pid != doomed_pid
         assert header(tmp_path / "after")["engine_reused"] is False
     finally:
@@ -99,7 +99,7 @@ def test_a_killed_worker_fails_its_job_and_the_next_job_gets_a_fresh_one(tiny_mo
 
 def test_stop_ends_the_worker_process(tiny_model: Path, tmp_path: Path) -> None:
     manager = WorkerManager()
-    manager.run(job_cfg(tiny_model, n_prompts=1), {}, tmp_path / "a")
+    manager.run(job_cfg(tiny_model, n_prompts=1), tmp_path / "a")
     process = manager.worker.process
     manager.stop()
     assert not process.is_alive() and process.exitcode == 0
