@@ -154,10 +154,13 @@ def gpus_needed(cfg: Any) -> int:
 
 def lease_for(cfg: Any) -> GpuLease | None:
     """The GPUs for one job (None: a CPU job, leasing off, or no NVML to name the GPUs)."""
+    from lem.config.rules import nvidia_gpu_present
     from lem.errors import LemError
 
+    if not cfg.run.gpu_lease or not nvidia_gpu_present():
+        return None  # no NVIDIA driver: nothing NVML could lease (and no torch import to learn it)
     need = gpus_needed(cfg)
-    if need == 0 or not cfg.run.gpu_lease:
+    if need == 0:
         return None
     try:
         return acquire(need, timeout_s=cfg.run.gpu_lease_timeout_s)
