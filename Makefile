@@ -50,11 +50,14 @@ model: install ## convert the embedded model once and cache it as safetensors (~
 run: model ## install, then one measured run (experiment=quick; other settings: make run ARGS="batching.batch_size=4")
 	HF_HUB_OFFLINE=1 $(PY) -m lem $(ARGS)
 
-test: install ## the whole test suite (GPU tests skip without a GPU)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest
+# Test files run on this many processes (pytest-xdist; one file stays on one process, so its
+# module fixtures are built once). Tests spawn their own engine processes: keep it at the core count.
+TEST_WORKERS ?= 2
+test: install ## the whole test suite (GPU tests skip without a GPU); serial: make test TEST_WORKERS=0
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install ## the suite without the tests that load the real embedded model
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: model ## benchmarks: lem vs a bare transformers loop, and CLI start-up time
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/overhead.py

@@ -103,7 +103,7 @@ def run_measurement(
         backend, reused = engines.take(cfg) if engines is not None else (None, False)
         setup_windows = []
         if backend is None:
-            backend = engines.create(cfg) if engines is not None else create_engine(cfg)
+            backend = create_engine(cfg)  # the registry's adapter class for backend.name
             meter.begin_window("engine_init", also=(RUN_WINDOW,))
             backend.init_engine()
             meter.end_window("engine_init", backend.synchronize, begin_next="model_load")

@@ -14,7 +14,7 @@ import json
 from enum import Enum
 from typing import Any
 
-from lem.backends.base import unload_quietly
+from lem.backends.base import EngineSpec, unload_quietly
 from lem.config.schema import LemConfig
 
 
@@ -45,42 +45,28 @@ def engine_key(cfg: LemConfig) -> str:
 class EnginePool:
     """Holds the last job's loaded engine for the next job with the same ``engine_key``."""
 
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
+    def __init__(self) -> None:
         self._key: str | None = None
         self._backend: Any = None
-        self.n_created = 0  # engines this pool has constructed (tests and benchmarks read it)
 
     def take(self, cfg: LemConfig) -> tuple[Any, bool]:
         """``(backend, True)`` when a loaded engine matches ``cfg``; else ``(None, False)`` (any other is unloaded)."""
         if self._backend is None:
             return None, False
-        if self.enabled and cfg.run.reuse_engine and self._key == engine_key(cfg):
+        if cfg.run.reuse_engine and self._key == engine_key(cfg):
             backend, self._backend, self._key = self._backend, None, None
-            from lem.backends.base import EngineSpec
-
             backend.spec = EngineSpec.of(cfg)  # this job's sections (prompt and output limits)
             return backend, True
         self.clear()
         return None, False
 
-    def create(self, cfg: LemConfig) -> Any:
-        from lem.backends.registry import create_engine
-
-        self.n_created += 1
-        return create_engine(cfg)
-
     def give_back(self, cfg: LemConfig, backend: Any) -> None:
         """After a successful job: keep the engine for the next job, or unload it."""
-        if self.enabled and cfg.run.reuse_engine:
+        if cfg.run.reuse_engine:
             self.clear()
             self._key, self._backend = engine_key(cfg), backend
         else:
             unload_quietly(backend)
-
-    def discard(self, backend: Any) -> None:
-        """After a failed job: the engine may be in a bad state; never lend it again."""
-        unload_quietly(backend)
 
     def clear(self) -> None:
         if self._backend is not None:
