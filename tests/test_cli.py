@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.config.test_bad_config import BAD_CONFIGS
+
 
 def run_lem(args: list[str], cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -20,15 +22,14 @@ def run_lem(args: list[str], cwd: Path, timeout_s: float = 120) -> subprocess.Co
 
 # A handful of refusals as real commands: exit code 2, one stderr line, no results folder
 # (the whole table runs in-process in tests/config/test_bad_config.py).
-CLI_REFUSALS: list[tuple[list[str], str]] = [
-    (["batching=foo"], "batching=foo: expected one of dynamic, sorted_dynamic, sorted_static, static"),
-    (["backend=tensorflow"], "backend=tensorflow: expected one of llama_cpp, pytorch, tensorrt, vllm"),
-    (["batching.foo=1"], "batching.foo=1: unknown key; batching has: strategy, batch_size"),
-    (["batching.batch_size=abc"], "batching.batch_size=abc: expected an integer"),
-    (["dataset=file", "dataset.path=/nonexistent/prompts.jsonl"], "dataset.path=/nonexistent/prompts.jsonl: expected an existing"),
-    (["backend=vllm", "backend.vllm.gpu_memory_utilization=1.5"], "backend.vllm.gpu_memory_utilization=1.5: expected a number in (0.0, 1.0]"),
-    (["x=["], "could not compose the config"),
+CLI_REFUSALS = [
+    case for case in BAD_CONFIGS
+    if " ".join(case[0]) in {
+        "batching=foo", "backend=tensorflow", "batching.foo=1", "batching.batch_size=abc",
+        "dataset=file dataset.path=/nonexistent/prompts.jsonl", "backend=vllm backend.vllm.gpu_memory_utilization=1.5", "x=[",
+    }
 ]
+assert len(CLI_REFUSALS) == 7, "a case of the subprocess subset is no longer in BAD_CONFIGS"
 
 
 @pytest.mark.parametrize(("overrides", "expected"), CLI_REFUSALS, ids=[" ".join(o) for o, _ in CLI_REFUSALS])

@@ -16,7 +16,7 @@ from lem.errors import LemError
 # (overrides, the text the one-line error must contain)
 BAD_CONFIGS: list[tuple[list[str], str]] = [
     (["batching=foo"], "batching=foo: expected one of dynamic, sorted_dynamic, sorted_static, static"),
-    (["backend=tensorflow"], "backend=tensorflow: expected one of"),
+    (["backend=tensorflow"], "backend=tensorflow: expected one of llama_cpp, pytorch, tensorrt, vllm"),
     (["batching.foo=1"], "batching.foo=1: unknown key; batching has: strategy, batch_size"),
     (["+batching.foo=1"], "batching.foo=1: unknown key"),
     (["foo=bar"], "foo=bar: unknown key"),
