@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from lem.backends.base import Engine
+from lem.backends.base import Engine, EngineSpec
 
 if TYPE_CHECKING:
     from lem.backends.base import Backend
@@ -27,11 +27,9 @@ ENGINES: dict[str, Engine] = {name: importlib.import_module(f"lem.backends.{name
 def create_engine(cfg: LemConfig) -> Backend:
     """The adapter for ``cfg.backend.name``, given only the config sections it needs; cheap (the
     engine's libraries load in its ``init_engine``)."""
-    from lem.backends.base import EngineSpec
-
     return ENGINES[cfg.backend.name.value].adapter_class()(EngineSpec.of(cfg))
 
 
 def scheduling(name: str) -> str:
     """How engine ``name`` is handed requests: "batch" (lem's batches), "continuous" or "serial"."""
-    return str(ENGINES[name].adapter_class().scheduling) if name in ENGINES else "batch"
+    return ENGINES[name].adapter_class().scheduling if name in ENGINES else "batch"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from typing import Any
 
-from lem.backends.registry import ENGINES
+from lem.backends.registry import ENGINE_NAMES, ENGINES
 from lem.config.types import (
     EMBEDDED_MODEL,
     ArrivalProcess,
@@ -38,7 +38,7 @@ BackendName = Enum("BackendName", [(name, name) for name in ENGINES], module=__n
 BackendConfig = make_dataclass(
     "BackendConfig",
     [
-        ("name", BackendName, field(default=BackendName["pytorch"])),
+        ("name", BackendName, field(default=BackendName[ENGINE_NAMES[0]])),
         ("device", Device, field(default=Device.auto)),
         *((name, engine.config, field(default_factory=engine.config)) for name, engine in ENGINES.items()),
     ],

@@ -107,8 +107,6 @@ class EngineWorker:
 
     def run_job(self, cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
         """Send one job and wait for its summary; raise LemError/RuntimeError/WorkerDied on failure."""
-        from lem.launch.pool import engine_key
-
         self.engine_key = engine_key(cfg)
         self.n_jobs += 1
         try:
@@ -152,7 +150,6 @@ class EngineWorker:
 
 def _worker_main(conn: Any, parent_pid: int) -> None:
     spawn.die_with_parent(parent_pid)
-    from lem.launch.pool import EnginePool
     from lem.pipeline import run_measurement
 
     pool = EnginePool()

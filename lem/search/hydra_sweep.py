@@ -25,6 +25,7 @@ from lem.search.settings import (
 )
 from lem.search.storage import redact
 from lem.search.study import outcome_from_run_dir
+from lem.session import current
 
 DEFAULT_STUDY_NAME = "lem"
 STORAGE_FILENAME = "optuna.db"
@@ -113,8 +114,6 @@ def _output_dir(job_return: Any, fallback: Path) -> Path:
 
 def make_launch(launcher: Any, config: Any, settings: StudySettings, link: Any) -> Any:
     """``launch(batch)`` for :func:`lem.search.study.run_study` on a Hydra launcher."""
-    from lem.search import record_failed_job
-
     sweep_dir = sweep_dir_of(config)
     paths = settings.recorded
 
@@ -136,7 +135,7 @@ def make_launch(launcher: Any, config: Any, settings: StudySettings, link: Any) 
                     run_dir = _output_dir(ret, fallback)
                     outcome = outcome_from_run_dir(run_dir, paths, error=error)
                     if error is not None:
-                        record_failed_job(str(number))  # never reached lem's own failure handling
+                        current().record_failed_job(str(number))  # never reached lem's own failure handling: counted for the exit status
                 job_dir = outcome.run_dir or fallback
                 if outcome.error is not None and outcome.run_dir is not None and not outcome.run_dir.is_dir():
                     outcome.run_dir = None  # refused before it ran: Hydra's folder was removed
@@ -196,9 +195,7 @@ def run_hydra_study(options: Mapping[str, Any], config: Any, launcher: Any, argu
         print(format_summary(study, settings, stopped), flush=True)
         link.log_study(study, settings, stopped)
     if result.stopped and "max_failure_rate" in result.stopped:
-        from lem.search import record_failed_stop
-
-        record_failed_stop(result.stopped)
+        current().failure_stops.append(result.stopped)  # the command ends non-zero
         print(f"lem: {result.stopped}", file=sys.stderr, flush=True)
 
 

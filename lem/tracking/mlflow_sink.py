@@ -60,13 +60,6 @@ def model_short_name(name_or_path: Any) -> str:
     return re.split(r"[/\\:]", text)[-1] if text else ""
 
 
-def engine_scheduling(backend: str) -> str:
-    """"batch", "continuous" or "serial" for a registered engine; "batch" for a name lem does not know."""
-    from lem.backends.registry import scheduling
-
-    return scheduling(backend)
-
-
 def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None = None, job_num: int | None = None) -> str:
     """What the run is, at a glance: ``pytorch-static-bs8 Llama-3.1-8B``,
     ``pytorch-sorted_dynamic-tok4096-bfloat16 smollm2-135m-instruct #3`` (``#`` = the sweep's job number)."""
@@ -74,9 +67,11 @@ def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None
     backend = str(_cfg(config, "backend.name") or run.get("engine") or "run")
     parts = [backend]
     strategy = _cfg(config, "batching.strategy")
-    scheduling = engine_scheduling(backend)  # the engine class says how it is handed requests
-    if scheduling != "batch":
-        parts.append(scheduling)  # engines that schedule requests themselves: lem's batching does not apply
+    from lem.backends.registry import scheduling
+
+    served = scheduling(backend)  # the engine class says how it is handed requests ("batch" for a name lem does not know)
+    if served != "batch":
+        parts.append(served)  # engines that schedule requests themselves: lem's batching does not apply
     elif strategy:
         parts.append(str(strategy))
         if strategy in ("dynamic", "sorted_dynamic") and _cfg(config, "batching.max_tokens_per_batch"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 from lem.backends.base import (
     EngineDescription,
@@ -49,6 +49,3 @@ class EchoBackend(LoadedTokenizer):
 
     def unload(self) -> None:
         self._tokenizer = None
-
-    def serve(self, *args: Any) -> Any:  # pragma: no cover - a batch engine is handed batches
-        raise NotImplementedError
