@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from lem import __version__
 from lem.backends.base import unload_quietly
-from lem.backends.registry import create_engine
+from lem.backends.registry import create_engine, effective_batching
 from lem.config.rules import resolve_device
 from lem.config.schema import EnergyConfig, LemConfig
 from lem.config.types import DatasetSource, Device, ReportFormat, ShardingStrategy
 from lem.records import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
 from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
 from lem.workload.sharding import records_requests, shard_requests
+from lem.workload.steps import StepLog
 from lem.workload.traffic import arrival_offsets_s
 
 if TYPE_CHECKING:
@@ -49,8 +50,15 @@ class SoloGroup:
 
 def measured_cuda_indices(cfg: LemConfig, local_rank: int = 0) -> list[int]:
     """CUDA devices (torch numbering) this process's engine uses: what its energy meter watches."""
+    from lem.backends.registry import self_parallel
+    from lem.backends.serving import engine_parallel_sizes
+
     if resolve_device(cfg.backend.device) is not Device.cuda:
         return []
+    name = cfg.backend.name.value
+    if self_parallel(name):  # one lem process; the engine's own workers use GPUs 0 .. tp*pp-1
+        tp, pp = engine_parallel_sizes(cfg.sharding, getattr(cfg.backend, name), name)
+        return list(range(tp * pp))
     if cfg.sharding.strategy is ShardingStrategy.pipeline_parallel:
         return list(range(cfg.sharding.num_shards))  # one process drives every stage's GPU
     return [local_rank]  # one device per process (alone, a replica, or a tensor-parallel rank)
@@ -114,7 +122,9 @@ def run_measurement(
             meter.begin_window("warmup", also=(RUN_WINDOW,))
 
         _warn_unapplied_batching(cfg, backend)
+        batching = effective_batching(cfg)  # batching=auto resolved for this engine
         description = backend.describe()
+        description.extra["batching"] = {"strategy": batching.strategy.value, "batch_size": batching.batch_size, "max_tokens_per_batch": batching.max_tokens_per_batch}
         writer.open()
         writer.write(
             HeaderRecord(
@@ -158,17 +168,18 @@ def run_measurement(
             max_output_tokens=min(params.max_output_tokens, cfg.run.warmup_max_output_tokens),
             min_output_tokens=min(params.min_output_tokens, cfg.run.warmup_max_output_tokens),
         )
-        for batch in plan_batches(requests, cfg.batching, params.max_output_tokens)[: cfg.run.warmup_batches]:
+        for batch in plan_batches(requests, batching, params.max_output_tokens)[: cfg.run.warmup_batches]:
             backend.generate(batch, warmup_params)
         group.barrier()  # ranks start generating together, so their measured windows overlap
         meter.end_window("warmup", backend.synchronize, begin_next="generation")
         writer.write(meter.closed("warmup").phase_record())
 
         records: list[RequestRecord] = []
+        steps = StepLog("lem batches" if backend.scheduling == "batch" else "lem handovers")
         offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
         last_flush = clock.now_s()
         for cycle in range(cfg.cycles):
-            for served in serve_open_loop(backend, requests, offsets_s, cfg, params, clock):
+            for served in serve_open_loop(backend, requests, offsets_s, batching, params, clock, steps):
                 for record in served:
                     record.cycle = cycle
                     if recording:
@@ -176,7 +187,9 @@ def run_measurement(
                         records.append(record)
                 if clock.now_s() - last_flush >= SAMPLE_FLUSH_INTERVAL_S:
                     _flush_samples(meter, writer)
+                    _flush_steps(steps, clock, writer, recording)
                     last_flush = clock.now_s()
+            _flush_steps(steps, clock, writer, recording)
             group.barrier()  # the window closes when the slowest rank is done: host meters cover every rank
             last = cycle == cfg.cycles - 1
             cooldown = not last and cfg.run.cycle_cooldown_s > 0
@@ -217,10 +230,10 @@ def run_measurement(
 
 def _warn_unapplied_batching(cfg: LemConfig, backend: Any) -> None:
     b = cfg.batching
-    if backend.scheduling == "serial" and (b.batch_size > 1 or b.strategy.value != "static"):
+    if backend.scheduling == "serial" and (b.batch_size > 1 and b.strategy.value != "auto"):
         logging.getLogger("lem").warning(
             "lem: backend=%s serves one request at a time in arrival order; batching=%s with batch_size=%d is "
-            "not applied (the run header records the scheduling; its records carry no batch)",
+            "not applied (the run records one running request per step)",
             cfg.backend.name.value, b.strategy.value, b.batch_size,
         )
 
@@ -237,6 +250,12 @@ def report_summary(cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
         print(render_summary(summary), flush=True)
         print(f"\nresults: {run_dir}", flush=True)
     return summary
+
+
+def _flush_steps(steps: StepLog, clock: Any, writer: Any, recording: bool) -> None:
+    record = steps.drain(clock.rel)
+    if record is not None and recording:
+        writer.write(record)
 
 
 def _flush_samples(meter: Any, writer: Any) -> None:

@@ -134,6 +134,25 @@ class PowerSamplesRecord:
 
 
 @dataclass
+class EngineStepsRecord:
+    """What the engine actually batched, step by step, during generation; columnar, aligned on t_s.
+
+    One row per engine step (vLLM: one scheduler iteration, from its scheduler stats), or per
+    served unit for engines that lem batches itself: PyTorch one row per batch standing for
+    ``steps`` decoding steps at that batch size; llama.cpp one row per request (running 1).
+    ``waiting`` is the queue at that row: requests the engine holds but does not run (vLLM), or
+    that have arrived and wait for lem to hand them over (the others).
+    """
+
+    source: str  # "vllm scheduler stats" | "lem batches" | "lem serial" | ...
+    t_s: list[float] = field(default_factory=list)
+    running: list[int] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)  # engine steps the row stands for (1 per row for vLLM)
+    kind: str = "engine_steps"
+
+
+@dataclass
 class EnergyMeterRecord:
     """How energy was measured in this process: devices, sources, carbon intensity, overhead, validity warnings."""
 

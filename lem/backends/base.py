@@ -23,6 +23,8 @@ if TYPE_CHECKING:
         ShardingConfig,
     )
     from lem.config.types import Device
+    from lem.workload.admission import Admission
+    from lem.workload.steps import StepLog
 
 # How an engine is handed the workload: "batch" — lem forms batches and calls generate();
 # "continuous" — serve() gets every request at its arrival and the engine schedules them;
@@ -38,6 +40,9 @@ class Engine:
     config: type  # the dataclass of backend.<name>.*
     adapter: str  # "module:Class" of the adapter, imported when a run starts
     check: Callable[[Any], None]  # the engine's own validation of the whole LemConfig
+    # The engine starts its own GPU workers for tensor/pipeline parallelism (vLLM, TensorRT-LLM):
+    # lem runs it as one process whose meter watches every GPU, not one process per rank.
+    self_parallel: bool = False
 
     def adapter_class(self) -> type:
         module, _, cls = self.adapter.partition(":")
@@ -148,24 +153,26 @@ class Backend(Protocol):
 
 class ContinuousBackend(Backend, Protocol):
     """An engine that schedules requests itself (``scheduling`` "continuous": vLLM, TensorRT-LLM;
-    or "serial": llama.cpp) and implements ``serve`` instead of being handed batches: lem's
-    batching strategies do not apply (the engine's own limits, e.g. max_num_seqs, do), while
-    arrivals stay lem's, so every engine sees the same traffic.
+    or "serial": llama.cpp) and implements ``serve`` instead of being handed batches. Which
+    request it is handed when is lem's, engine-independent (``lem.workload.admission``): arrivals
+    and the batching policy are the same for every engine; the engine batches what it holds.
     """
 
-    def serve(
-        self, requests: Sequence[PreparedRequest], arrival_times: Sequence[float], params: GenerationParams
-    ) -> Iterator[RawGeneration]:
-        """Serve ``requests``, handing request i to the engine no earlier than ``arrival_times[i]``
-        (``time.perf_counter`` values; all equal for offline traffic), and yield each request's
-        RawGeneration (``arrival_time`` and ``start_time`` set) as soon as it finishes.
+    def serve(self, admission: Admission, params: GenerationParams, steps: StepLog) -> Iterator[RawGeneration]:
+        """Serve every request of ``admission``: between engine steps, add the requests
+        ``admission.due(now)`` returns, report each finished one with ``admission.finished``, and
+        yield its RawGeneration (``arrival_time`` and ``start_time`` set) as soon as it finishes.
+        Record what the engine ran at each step in ``steps`` where the engine can tell.
         """
 
 
 def serve_together(backend: ContinuousBackend, batch: Sequence[PreparedRequest], params: GenerationParams) -> list[RawGeneration]:
     """``generate`` for a continuous engine: ``batch`` served at once (warmup); one RawGeneration per request, in input order."""
-    now = time.perf_counter()
-    done = {raw.request_id: raw for raw in backend.serve(batch, [now] * len(batch), params)}
+    from lem.workload.admission import Admission
+    from lem.workload.steps import NullStepLog
+
+    admission = Admission.all_at_once(batch, time.perf_counter(), params.max_output_tokens)
+    done = {raw.request_id: raw for raw in backend.serve(admission, params, NullStepLog())}
     return [done[request.request_id] for request in batch]
 
 

@@ -16,7 +16,7 @@ from lem.backends.base import (
 )
 from lem.backends.cuda import cuda_device_names, empty_cuda_cache
 from lem.config.rules import at_least
-from lem.config.types import Device, Quantization, ShardingStrategy
+from lem.config.types import Quantization, ShardingStrategy
 from lem.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,8 +57,6 @@ def engine_parallel_sizes(sharding: ShardingConfig, options: Any, engine: str) -
 
 def check_serving_engine(cfg: LemConfig, engine: str, quantization_hint: str) -> tuple[int, int]:
     """Checks shared by the GPU serving engines; returns (tp, pp)."""
-    if cfg.backend.device is Device.cpu:
-        raise ConfigError("backend.device", "cpu", f"auto or cuda with backend={engine} (it runs on NVIDIA GPUs only)")
     quant = cfg.precision.quantization
     if quant is not Quantization.none:
         # precision.quantization means bitsandbytes in Transformers; each engine has its own methods.
@@ -84,8 +82,8 @@ def require_gpus(engine: str, n_gpus: int) -> None:
 
 
 class ServingEngine(LoadedTokenizer):
-    """The adapter skeleton of an engine that schedules requests itself on CUDA GPUs: lem hands each
-    request over at its arrival (``serve``); ``self._llm`` is the engine object ``load_model`` builds."""
+    """The adapter skeleton of an engine that schedules requests itself: lem hands each request over
+    when ``lem.workload.admission`` says (``serve``); ``self._llm`` is the engine object ``load_model`` builds."""
 
     scheduling = "continuous"  # the engine schedules requests itself; lem hands them over at arrival
     engine_name: ClassVar[str]  # backend=<engine_name>
@@ -103,13 +101,17 @@ class ServingEngine(LoadedTokenizer):
             raise RuntimeError("load_model() must run before serve()")
         return self._llm
 
-    def _description(self, engine_version: str, dtype: str, extra: dict[str, Any]) -> EngineDescription:
-        tp, pp = engine_parallel_sizes(self.spec.sharding, self.spec.options, self.engine_name)
+    def _description(
+        self, engine_version: str, dtype: str, extra: dict[str, Any], device_type: str = "cuda", device_names: list[str] | None = None
+    ) -> EngineDescription:
+        if device_names is None:
+            tp, pp = engine_parallel_sizes(self.spec.sharding, self.spec.options, self.engine_name)
+            device_names = cuda_device_names(tp * pp)
         return EngineDescription(
             engine=self.engine_name,
             engine_version=engine_version,
-            device_type="cuda",
-            device_names=cuda_device_names(tp * pp),
+            device_type=device_type,
+            device_names=device_names,
             dtype=dtype,
             num_threads=None,
             extra=extra,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from lem.backends.registry import ENGINES
+from lem.backends.registry import ENGINES, scheduling
 from lem.config.rules import (
     at_least,
     in_range,
@@ -71,15 +71,23 @@ def check_dataset(cfg: LemConfig) -> None:
 def check_batching(cfg: LemConfig) -> None:
     b, ds = cfg.batching, cfg.dataset
     at_least("batching.batch_size", b.batch_size, 1)
-    if b.strategy in (BatchingStrategy.dynamic, BatchingStrategy.sorted_dynamic):
-        at_least("batching.max_tokens_per_batch", b.max_tokens_per_batch, 1)
+    budgeted = (BatchingStrategy.dynamic, BatchingStrategy.sorted_dynamic, BatchingStrategy.continuous)
+    if b.strategy in budgeted:
+        if b.strategy is not BatchingStrategy.continuous or b.max_tokens_per_batch is not None:
+            at_least("batching.max_tokens_per_batch", b.max_tokens_per_batch, 1)
         if b.max_tokens_per_batch is not None and b.max_tokens_per_batch < ds.max_output_tokens + 1:
             raise ConfigError(
                 "batching.max_tokens_per_batch", b.max_tokens_per_batch,
                 f"room for at least one request: >= max_output_tokens + 1 ({ds.max_output_tokens + 1})",
             )
     elif b.max_tokens_per_batch is not None:
-        raise ConfigError("batching.max_tokens_per_batch", b.max_tokens_per_batch, "null unless batching.strategy is dynamic or sorted_dynamic")
+        raise ConfigError("batching.max_tokens_per_batch", b.max_tokens_per_batch, "null unless batching.strategy is dynamic, sorted_dynamic or continuous")
+    if b.strategy is BatchingStrategy.continuous and scheduling(cfg.backend.name.value) == "batch":
+        raise ConfigError(
+            "batching.strategy", "continuous",
+            f"auto, static, sorted_static, dynamic or sorted_dynamic with backend={cfg.backend.name.value} "
+            "(lem forms its batches; continuous needs an engine that schedules requests itself, e.g. backend=vllm)",
+        )
 
 
 def check_decoder(cfg: LemConfig) -> None:

@@ -85,9 +85,9 @@ class DatasetConfig:
 
 @dataclass
 class BatchingConfig:
-    strategy: BatchingStrategy = BatchingStrategy.static
-    batch_size: int = 8
-    max_tokens_per_batch: int | None = None  # dynamic strategies: input + planned output tokens
+    strategy: BatchingStrategy = BatchingStrategy.auto
+    batch_size: int = 8  # requests per batch; continuous: the most in flight at once
+    max_tokens_per_batch: int | None = None  # dynamic strategies and continuous: input + planned output tokens
 
 
 @dataclass
@@ -98,7 +98,10 @@ class ShardingConfig:
 
     @property
     def world_size(self) -> int:
-        """How many processes the run needs (1 for none and pipeline parallel: one process drives the stages)."""
+        """How many processes the run needs (1 for none and pipeline parallel: one process drives the stages).
+
+        For engines lem parallelises (PyTorch); ``lem.backends.registry.process_count`` gives the count for any engine.
+        """
         if self.strategy is ShardingStrategy.data_parallel:
             return self.num_processes
         if self.strategy is ShardingStrategy.tensor_parallel:

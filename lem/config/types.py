@@ -41,6 +41,8 @@ class LengthDistribution(Enum):
 
 
 class BatchingStrategy(Enum):
+    auto = "auto"  # static for engines lem batches (PyTorch), continuous for engines that schedule themselves
+    continuous = "continuous"  # requests handed over at arrival, at most batch_size in flight (lem.workload.admission)
     static = "static"
     sorted_static = "sorted_static"
     dynamic = "dynamic"

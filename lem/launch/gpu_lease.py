@@ -142,6 +142,7 @@ def acquire(
 
 def gpus_needed(cfg: Any) -> int:
     """How many GPUs a job occupies: 0 on CPU; the shards or replicas of a sharded run; else 1."""
+    from lem.backends.registry import process_count
     from lem.config.rules import resolve_device
     from lem.config.types import Device, ShardingStrategy
 
@@ -149,7 +150,7 @@ def gpus_needed(cfg: Any) -> int:
         return 0
     if cfg.sharding.strategy is ShardingStrategy.pipeline_parallel:
         return cfg.sharding.num_shards
-    return max(cfg.sharding.world_size, cfg.sharding.num_shards)
+    return max(process_count(cfg), cfg.sharding.num_shards)  # a self-parallel engine: 1 process on tp x pp GPUs
 
 
 def lease_for(cfg: Any) -> GpuLease | None:

@@ -1,6 +1,8 @@
 """How one validated job runs, and where: in an engine worker process (the default), inline in
 this process (``run.isolation=inline``), or as rank processes for data- and tensor-parallel runs
-(``lem.launch.ranks``). The job writes its run folder; logging it is the caller's next step.
+(``lem.launch.ranks``). Engines that start their own GPU workers (vLLM, TensorRT-LLM) run as one
+process however they are sharded (``lem.backends.registry.process_count``). The job writes its run
+folder; logging it is the caller's next step.
 
 Engine workers: each engine runs in a spawned child process, so one crash cannot spoil a sweep.
 A worker keeps its loaded engine between jobs whose engine settings are identical
@@ -20,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from lem.backends.registry import process_count
 from lem.config.schema import LemConfig
 from lem.config.types import Isolation
 from lem.errors import LemError
@@ -35,7 +38,7 @@ def execute_job(cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
     from lem.pipeline import report_summary, run_measurement
 
     session = current()
-    if cfg.sharding.world_size == 1:
+    if process_count(cfg) == 1:  # also tensor/pipeline parallel vLLM and TensorRT-LLM: they start their own workers
         if cfg.run.isolation is Isolation.inline:
             if session.workers is not None:
                 session.workers.stop()
@@ -129,6 +132,7 @@ class EngineWorker:
 
     def _raise_died(self) -> None:
         self.process.join(timeout=5)
+        self.kill_group()  # what the worker started (vLLM's engine core and workers) must not outlive it
         code = self.process.exitcode
         how = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         hint = " (out of memory?)" if code in (-signal.SIGKILL, 137) else ""
@@ -145,11 +149,26 @@ class EngineWorker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(timeout=5)
+        self.kill_group()
         self._conn.close()
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        """Signal every process the worker started: it leads its own process group (``_worker_main``),
+        which outlives it while a member lives, so engine processes orphaned by a killed worker are found."""
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):  # nothing left in the group
+            pass
 
 
 def _worker_main(conn: Any, parent_pid: int) -> None:
     spawn.die_with_parent(parent_pid)
+    try:
+        os.setpgid(0, 0)  # a process group of its own: the launcher can end everything the engine starts
+    except OSError:
+        pass
     from lem.pipeline import run_measurement
 
     pool = EnginePool()
@@ -195,6 +214,12 @@ class WorkerManager:
             self.n_started += 1
         try:
             return self.worker.run_job(cfg, run_dir)
+        except KeyboardInterrupt:
+            # The worker's own process group does not get the terminal's Ctrl-C: pass it on, so the job
+            # and the engine's processes stop as they would in the foreground.
+            self.worker.kill_group(signal.SIGINT)
+            self.stop()
+            raise
         except BaseException:
             self.stop()  # a failed job may leave the engine or the device in a bad state: never reuse it
             raise

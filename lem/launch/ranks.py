@@ -7,6 +7,8 @@ MASTER_PORT), one per device, into one run directory; each rank writes its own r
 and the launching process computes the summary from all of them once every rank has finished.
 Launched by torchrun instead (``torchrun --nproc-per-node 4 -m lem ... hydra.run.dir=DIR``, the
 same directory for every rank), each process runs its own rank and rank 0 writes the summary.
+This is PyTorch's way: vLLM and TensorRT-LLM start their own GPU workers for tensor/pipeline
+parallelism, so their jobs run as one process (``lem.backends.registry.process_count``).
 
 A gloo process group (beside NCCL for tensor parallel on GPUs) lines the ranks up before the
 measured generation phase starts, so their windows overlap; the summary checks that they did.
@@ -75,9 +77,10 @@ def run_ranks(cfg: LemConfig, run_dir: Path) -> None:
     """Spawn one process per rank, wait for all; raise LemError naming the ranks that failed."""
     import multiprocessing as mp
 
+    from lem.backends.registry import process_count
     from lem.launch.gpu_lease import lease_for
 
-    size = cfg.sharding.world_size
+    size = process_count(cfg)
     port = _free_port()
     ctx = mp.get_context("spawn")  # a clean interpreter per rank: no CUDA state inherited
     lease = lease_for(cfg)  # every rank's GPU, held until all ranks are done

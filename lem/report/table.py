@@ -241,7 +241,20 @@ def _compute(out: list[str], flops: Mapping[str, Any], mem: Mapping[str, Any], b
         _kv(out, "MFU", f"{flops['mfu'] * 100:.1f} % of {fmt_si(flops.get('peak_flops_per_s'), 'FLOP/s')} peak")
     out.append("")
     out.append("batching")
+    if batching.get("strategy"):
+        budget = batching.get("max_tokens_per_batch")
+        limit = "at most" if batching["strategy"] == "continuous" else "size"
+        _kv(out, "strategy", f"{batching['strategy']} ({limit} {batching.get('batch_size')} requests" + (f", {budget} tokens)" if budget else ")"))
+    steps = batching.get("engine_steps") or {}
+    if steps.get("n_steps"):
+        _kv(
+            out, "engine ran",
+            f"{steps['mean_running']:.1f} requests per step (max {steps['max_running']}), "
+            f"{steps['mean_waiting']:.1f} waiting (max {steps['max_waiting']}), over {steps['n_steps']} steps",
+        )
     hist = batching.get("batch_size_histogram") or {}
-    _kv(out, "batches", f"{fmt_num(batching.get('n_batches'))} (sizes: {', '.join(f'{k}×{v}' for k, v in hist.items()) or DASH})")
+    if batching.get("n_batches") or not steps.get("n_steps"):
+        _kv(out, "batches", f"{fmt_num(batching.get('n_batches'))} (sizes: {', '.join(f'{k}×{v}' for k, v in hist.items()) or DASH})")
     ratio = batching.get("padding_fraction")
-    _kv(out, "padding", DASH if ratio is None else f"{ratio * 100:.1f} % of input positions")
+    if ratio is not None or not steps.get("n_steps"):
+        _kv(out, "padding", DASH if ratio is None else f"{ratio * 100:.1f} % of input positions")

@@ -2,7 +2,8 @@
 
 TTFT = first token − arrival (queueing included); E2E = end − arrival;
 TPOT = (E2E − TTFT) / (output tokens − 1), only for requests with at least two output tokens;
-ITL  = every gap between consecutive token times, pooled over all requests;
+ITL  = one gap per streamed chunk: between consecutive *distinct* token times (tokens with the
+       same time arrived together, as serving engines stream them), pooled over all requests;
 queue = start − arrival.
 """
 
@@ -37,8 +38,13 @@ def tpot_ms(arrival_s: float, first_token_s: float, end_s: float, output_tokens:
 
 
 def itl_ms(token_times_s: Sequence[float]) -> list[float]:
-    """Gaps between consecutive token times of one request (one fewer than the tokens)."""
-    return [(b - a) * _MS for a, b in zip(token_times_s, token_times_s[1:])]
+    """Gaps between the chunk arrivals of one request: consecutive distinct token times.
+
+    vLLM and TensorRT-LLM stamp every token of one streamed delta with the same time; like vLLM's
+    serving benchmark, such a chunk adds one gap (to the chunk before it), not zeros for its tokens.
+    """
+    arrivals = [t for i, t in enumerate(token_times_s) if i == 0 or t != token_times_s[i - 1]]
+    return [(b - a) * _MS for a, b in zip(arrivals, arrivals[1:])]
 
 
 def request_latencies(requests: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:

@@ -70,9 +70,11 @@ def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None
     from lem.backends.registry import scheduling
 
     served = scheduling(backend)  # the engine class says how it is handed requests ("batch" for a name lem does not know)
-    if served != "batch":
-        parts.append(served)  # engines that schedule requests themselves: lem's batching does not apply
+    if served == "serial":
+        parts.append(served)  # one request at a time: lem's batching does not apply
     elif strategy:
+        if strategy == "auto":  # as lem.backends.registry.effective_batching resolves it
+            strategy = "continuous" if served == "continuous" else "static"
         parts.append(str(strategy))
         if strategy in ("dynamic", "sorted_dynamic") and _cfg(config, "batching.max_tokens_per_batch"):
             parts.append(f"tok{_cfg(config, 'batching.max_tokens_per_batch')}")

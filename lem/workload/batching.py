@@ -10,6 +10,9 @@ Strategies (``batching.strategy``):
   within ``max_tokens_per_batch`` and ``batch_size``, else it opens the next batch.
 - ``sorted_dynamic``: ``dynamic`` after the same longest-first sort, so each batch holds
   requests of similar length and little padding.
+- ``continuous``: lem forms no batches (``lem.workload.admission`` hands requests over as they
+  arrive, at most ``batch_size`` in flight); planned here as ``static`` groups, which is what the
+  engine first holds (the shapes warmup runs).
 
 Cost model for the token budget: a padded batch of ``n`` requests occupies
 ``n * (longest input in the batch + max_output_tokens)`` token slots, since every row is
@@ -21,12 +24,14 @@ whose cost alone exceeds the budget is served in a batch by itself (it cannot be
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from lem.config.schema import BatchingConfig
 from lem.config.types import BatchingStrategy
 from lem.errors import ConfigError
 from lem.workload.types import PreparedRequest
+
+if TYPE_CHECKING:
+    from lem.config.schema import BatchingConfig
 
 
 def plan_batches(
@@ -38,7 +43,7 @@ def plan_batches(
     strategy = batching.strategy
     sorted_strategies = (BatchingStrategy.sorted_static, BatchingStrategy.sorted_dynamic)
     ordered = sort_longest_first(requests) if strategy in sorted_strategies else list(requests)
-    if strategy in (BatchingStrategy.static, BatchingStrategy.sorted_static):
+    if strategy in (BatchingStrategy.static, BatchingStrategy.sorted_static, BatchingStrategy.continuous):
         return _fixed_size(ordered, batching.batch_size)
     if strategy in (BatchingStrategy.dynamic, BatchingStrategy.sorted_dynamic):
         budget_tokens = batching.max_tokens_per_batch

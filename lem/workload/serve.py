@@ -7,16 +7,19 @@ every engine, so engines are compared on equal terms. Times are on the run's ``P
 
 from __future__ import annotations
 
+import bisect
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from lem.records import RequestRecord
+from lem.workload.admission import Admission
 from lem.workload.scheduler import ScheduledBatch, open_loop_batches
 from lem.workload.tokens import count_output_tokens
 from lem.workload.types import GenerationParams
 
 if TYPE_CHECKING:
-    from lem.config.schema import LemConfig
+    from lem.config.schema import BatchingConfig, LemConfig
+    from lem.workload.steps import StepLog
 
 
 class PhaseClock:
@@ -49,24 +52,52 @@ def generation_params(cfg: LemConfig) -> GenerationParams:
 
 
 def serve_open_loop(
-    backend: Any, requests: list[Any], offsets_s: list[float], cfg: LemConfig, params: GenerationParams, clock: PhaseClock
+    backend: Any,
+    requests: list[Any],
+    offsets_s: list[float],
+    batching: BatchingConfig,
+    params: GenerationParams,
+    clock: PhaseClock,
+    steps: StepLog,
 ) -> Iterator[list[RequestRecord]]:
-    """Serve the workload open loop; yield request records as they complete.
+    """Serve the workload open loop under ``batching`` (``auto`` already resolved for the engine);
+    yield request records as they complete, and log the batch run at each step in ``steps``.
 
     Batch engines get batches formed by lem from what has arrived; engines that schedule requests
-    themselves (continuous or serial) get every request at its arrival time.
+    themselves (continuous or serial) are handed requests by ``lem.workload.admission`` under the
+    same policy.
     """
     if backend.scheduling != "batch":
         start = time.perf_counter()
-        arrival_times = [start + off for off in offsets_s]
-        by_id = {r.request_id: (r, t) for r, t in zip(requests, arrival_times, strict=True)}
-        for raw in backend.serve(requests, arrival_times, params):
-            request, scheduled_arrival = by_id[raw.request_id]
-            arrival = raw.arrival_time if raw.arrival_time is not None else scheduled_arrival
-            yield [request_record(backend, request, raw, clock.rel(arrival), None, None, params, clock)]
+        admission = Admission(requests, [start + off for off in offsets_s], batching, params.max_output_tokens)
+        by_id = {r.request_id: r for r in requests}
+        for raw in backend.serve(admission, params, steps):
+            handover = admission.handover(raw.request_id)
+            arrival = raw.arrival_time if raw.arrival_time is not None else handover.arrival_time
+            record = request_record(backend, by_id[raw.request_id], raw, clock.rel(arrival), handover.batch_id, handover.batch_size, params, clock)
+            yield [record]
         return
-    for scheduled in open_loop_batches(requests, offsets_s, cfg.batching, params.max_output_tokens, clock.now_s):
-        yield serve_batch(backend, scheduled, params, clock)
+    queued = _Queued(offsets_s, clock.now_s())
+    for scheduled in open_loop_batches(requests, offsets_s, batching, params.max_output_tokens, clock.now_s):
+        served = serve_batch(backend, scheduled, params, clock)
+        start_s = min(r.start_s for r in served)
+        # One row per batch: HF generate runs as many decoding steps as its longest output.
+        steps.add(clock.t0 + start_s, len(served), queued.left_waiting(start_s, len(served)), max(r.output_tokens for r in served))
+        yield served
+
+
+class _Queued:
+    """Requests that had arrived but were left waiting when a batch started (the step log of a batch engine)."""
+
+    def __init__(self, offsets_s: list[float], start_s: float) -> None:
+        self._arrivals_s = sorted(start_s + off for off in offsets_s)
+        self._served = 0
+
+    def left_waiting(self, batch_start_s: float, batch_len: int) -> int:
+        arrived = bisect.bisect_right(self._arrivals_s, batch_start_s)
+        waiting = arrived - self._served - batch_len
+        self._served += batch_len
+        return max(0, waiting)
 
 
 def serve_batch(backend: Any, scheduled: ScheduledBatch, params: GenerationParams, clock: PhaseClock) -> list[RequestRecord]:

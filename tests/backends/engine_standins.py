@@ -14,9 +14,13 @@ from typing import Any
 
 import pytest
 
-from lem.config.schema import BackendName, LemConfig
+from lem.backends.registry import effective_batching
+from lem.config.schema import BackendName, BatchingConfig, LemConfig
+from lem.config.types import BatchingStrategy
+from lem.workload.admission import Admission
 from lem.workload.prepare import prepare_requests
 from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
+from lem.workload.steps import StepLog
 from lem.workload.types import GenerationParams, Prompt
 
 STANDINS_DIR = Path(__file__).resolve().parent / "standins"
@@ -76,9 +80,23 @@ def prepared(backend: Any, cfg: LemConfig, texts: list[str] = PROMPTS) -> list[A
     return prepare_requests([Prompt(i, t) for i, t in enumerate(texts)], backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens)
 
 
-def serve_records(backend: Any, cfg: LemConfig, requests: Any, offsets_s: Any, params: GenerationParams | None = None) -> tuple[list[Any], PhaseClock]:
+def serve_records(
+    backend: Any, cfg: LemConfig, requests: Any, offsets_s: Any, params: GenerationParams | None = None, steps: StepLog | None = None
+) -> tuple[list[Any], PhaseClock]:
     """Serve through the pipeline's own ``serve_open_loop``: the records lem would write, and the phase clock."""
     clock = PhaseClock()
     params = params or generation_params(cfg)
-    records = [record for batch in serve_open_loop(backend, requests, offsets_s, cfg, params, clock) for record in batch]
+    steps = steps if steps is not None else StepLog("test")
+    records = [record for batch in serve_open_loop(backend, requests, offsets_s, effective_batching(cfg), params, clock, steps) for record in batch]
     return records, clock
+
+
+def admission(requests: Any, arrival_times: Any, params: GenerationParams, batch_size: int | None = None) -> Admission:
+    """Requests handed over at ``arrival_times``, continuously (at most ``batch_size`` in flight; default all)."""
+    batching = BatchingConfig(strategy=BatchingStrategy.continuous, batch_size=batch_size or max(1, len(requests)))
+    return Admission(requests, arrival_times, batching, params.max_output_tokens)
+
+
+def serve_direct(backend: Any, requests: Any, arrival_times: Any, params: GenerationParams, batch_size: int | None = None) -> Any:
+    """``backend.serve`` on its own (a generator), requests handed over at their arrival times."""
+    return backend.serve(admission(requests, arrival_times, params, batch_size), params, StepLog("test"))

@@ -35,6 +35,7 @@ from lem.config.schema import BackendName, LemConfig
 from lem.config.types import DType, Quantization, ShardingStrategy
 from lem.errors import ConfigError
 from lem.workload.types import GenerationParams, PreparedRequest
+from tests.backends.engine_standins import serve_direct
 
 REPO = Path(__file__).resolve().parents[2]
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -271,7 +272,7 @@ def test_serve_is_first_come_first_served_one_at_a_time() -> None:
     requests = [replace(PROMPT, request_id=i) for i in range(3)]
     now = time.perf_counter()
     arrivals = [now + 0.03, now, now + 0.01]
-    served = list(backend.serve(requests, arrivals, GenerationParams(max_output_tokens=4)))
+    served = list(serve_direct(backend, requests, arrivals, GenerationParams(max_output_tokens=4), batch_size=1))
     assert [r.request_id for r in served] == [1, 2, 0]
     for raw in served:
         assert raw.arrival_time == arrivals[raw.request_id] <= raw.start_time < raw.token_times[0]

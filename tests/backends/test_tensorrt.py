@@ -36,6 +36,7 @@ from tests.backends.engine_standins import (
     engine_cfg,
     loaded_backend,
     prepared,
+    serve_direct,
     serve_records,
 )
 from tests.tiny_model import EOS_ID, make_tiny_model_dir
@@ -230,7 +231,7 @@ def test_engine_error_reaches_the_caller_instead_of_hanging(trtllm, tiny_dir: Pa
     requests = [r for r in prepared(backend, cfg) if r.input_tokens > 8]
     assert requests
     with pytest.raises(ValueError, match=r"should not exceed max_num_tokens \(8\)"):
-        list(backend.serve(requests, [time.perf_counter()] * len(requests), generation_params(cfg)))
+        list(serve_direct(backend, requests, [time.perf_counter()] * len(requests), generation_params(cfg)))
     assert not any(t.name == "lem-tensorrt-serve" for t in threading.enumerate())
 
 
@@ -242,7 +243,7 @@ def test_a_consumer_that_stops_early_aborts_the_rest(trtllm, tiny_dir: Path) -> 
     cfg.dataset.max_input_tokens = 40
     backend = loaded_backend(cfg)
     requests = prepared(backend, cfg)
-    stream = backend.serve(requests[:1] + requests[1:], [time.perf_counter()] + [time.perf_counter() + 0.01] * 5, GenerationParams(max_output_tokens=3))
+    stream = serve_direct(backend, requests[:1] + requests[1:], [time.perf_counter()] + [time.perf_counter() + 0.01] * 5, GenerationParams(max_output_tokens=3))
     next(stream)
     stream.close()
     assert not any(t.name == "lem-tensorrt-serve" for t in threading.enumerate())
@@ -256,7 +257,7 @@ def test_request_too_long_for_the_loaded_engine_is_refused(trtllm, tiny_dir: Pat
     backend = loaded_backend(cfg)
     longest = max(prepared(backend, cfg), key=lambda r: r.input_tokens)
     with pytest.raises(LemError, match=r"but the engine holds max_seq_len=40"):
-        list(backend.serve([longest], [time.perf_counter()], GenerationParams(max_output_tokens=41 - longest.input_tokens)))
+        list(serve_direct(backend, [longest], [time.perf_counter()], GenerationParams(max_output_tokens=41 - longest.input_tokens)))
     assert trtllm.SUBMITTED == {}
 
 

@@ -1,19 +1,9 @@
-"""backend=vllm: config → engine arguments, sampling mapping, output parsing, token counting, timing.
-
-Most tests run the adapter against tests/backends/standins/vllm, a stand-in for vLLM 0.33.0 built from
-that release's source (LLM / EngineArgs / LLMEngine.add_request + step / SamplingParams /
-RequestOutput with DELTA outputs and RequestStateStats); the tests marked ``gpu`` run the real
-engine through ``python -m lem`` and skip where vLLM or a CUDA GPU is missing.
-"""
+"""backend=vllm without an engine: config → engine arguments, sampling mapping, the CPU defaults,
+and validation against the installed build (CPU or GPU). The real engine runs in
+test_vllm_engine.py (the adapter) and test_vllm_runs.py (``python -m lem``)."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,22 +11,11 @@ import pytest
 from lem.backends.base import EngineSpec
 from lem.config.checks import validate
 from lem.config.schema import BackendName, LemConfig
-from lem.config.types import ArrivalProcess, DType, FlopsStrategy, ShardingStrategy
-from lem.errors import ConfigError, LemError
-from lem.workload.serve import generation_params
-from lem.workload.traffic import arrival_offsets_s
+from lem.config.types import DType, ShardingStrategy
+from lem.errors import ConfigError
 from lem.workload.types import GenerationParams
-from tests.backends import engine_standins
-from tests.backends.engine_standins import (
-    PROMPTS,
-    engine_cfg,
-    loaded_backend,
-    prepared,
-    serve_records,
-)
-from tests.tiny_model import EOS_ID, make_tiny_model_dir
-
-REAL_VLLM = importlib.util.find_spec("vllm") is not None  # looked up before any stand-in is on sys.path
+from tests.backends.engine_standins import engine_cfg
+from tests.tiny_model import make_tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +23,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.fixture
-def vllm(monkeypatch: pytest.MonkeyPatch):
-    module = engine_standins.install(monkeypatch, "vllm")
-    module.CONSTRUCTED.clear()
-    module.ADDED.clear()
-    yield module
-    engine_standins.uninstall("vllm")
-
-
 def make_cfg(model_dir: Path, **vllm_overrides) -> LemConfig:
     return engine_cfg(model_dir, BackendName.vllm, **vllm_overrides)
-
-
-def natural_length(input_ids) -> int:
-    """How many tokens the stand-in's fake model generates before (and including) its EOS."""
-    return 2 + sum(input_ids) % 5
 
 
 # -- config → engine arguments (no engine needed) -------------------------------------------------
@@ -152,215 +117,41 @@ def test_sampling_kwargs_greedy_and_sampled() -> None:
     assert "seed" not in sampled  # per-request seeds take vLLM's slow sampling path; the engine seed applies
 
 
-# -- the adapter on the stand-in engine ---------------------------------------------------------------
 
 
-def test_engine_is_built_with_the_mapped_args_and_described(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir, gpu_memory_utilization=0.6, max_num_seqs=4, engine_args={"stream_interval": 1})
-    backend = loaded_backend(cfg)
-    built = vllm.CONSTRUCTED[-1]
-    assert built.model == str(tiny_dir) and built.gpu_memory_utilization == 0.6 and built.max_num_seqs == 4
-    assert built.max_model_len == 80 and built.disable_log_stats is False and built.dtype == "auto"
-    d = backend.describe()
-    assert (d.engine, d.engine_version, d.device_type) == ("vllm", "vllm 0.33.0", "cuda")
-    assert d.dtype == "bfloat16"  # what vLLM's "auto" made of the float32 checkpoint, read back from the engine
-    assert d.extra["engine_args"]["max_num_seqs"] == 4 and d.extra["model_path"] == str(tiny_dir)
-    json.dumps(d.extra)  # goes into the run header as is
-    assert backend.eos_token_ids == frozenset({EOS_ID})
-    backend.unload()
-    assert built is vllm.CONSTRUCTED[-1]
+def test_cpu_build_defaults_are_eager_float32_and_no_gpu_memory_share(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lem.backends.vllm import engine
+
+    monkeypatch.setattr(engine, "cpu_has_amx", lambda: False)
+    args = engine.vllm_engine_args(EngineSpec.of(make_cfg(tiny_dir)), str(tiny_dir), on_cpu=True)
+    assert args["dtype"] == "float32"  # auto: bfloat16 without AMX is emulated, several times slower
+    assert args["enforce_eager"] is True and "gpu_memory_utilization" not in args
+    assert args["enable_prefix_caching"] is False  # every engine evaluates every prompt in full
+    monkeypatch.setattr(engine, "cpu_has_amx", lambda: True)
+    assert engine.vllm_engine_args(EngineSpec.of(make_cfg(tiny_dir)), str(tiny_dir), on_cpu=True)["dtype"] == "auto"
+    gpu = engine.vllm_engine_args(EngineSpec.of(make_cfg(tiny_dir)), str(tiny_dir), on_cpu=False)
+    assert gpu["dtype"] == "auto" and gpu["enforce_eager"] is False and gpu["gpu_memory_utilization"] == 0.9
 
 
-def test_unknown_passthrough_argument_is_refused_at_engine_init(vllm, tiny_dir: Path) -> None:
-    from lem.backends.registry import create_engine
+def test_cpu_knobs_become_vllms_environment(tiny_dir: Path) -> None:
+    from lem.backends.vllm.engine import vllm_cpu_environment
 
-    backend = create_engine(make_cfg(tiny_dir, engine_args={"max_num_seq": 8}))
-    with pytest.raises(ConfigError, match=r"backend\.vllm\.engine_args\.max_num_seq=8: expected a vllm\.EngineArgs field"):
-        backend.init_engine()
-
-
-def test_engine_refusal_is_one_lem_error(vllm, tiny_dir: Path) -> None:
-    with pytest.raises(LemError, match=r"backend=vllm: vLLM refused to start the engine: User-specified max_model_len \(300\)"):
-        loaded_backend(make_cfg(tiny_dir, max_model_len=300))
+    cfg = make_cfg(tiny_dir, cpu_kvcache_space_gib=2, cpu_omp_threads_bind="0-1", cpu_reserved_cpus=0)
+    assert vllm_cpu_environment(cfg.backend.vllm) == {
+        "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "0-1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    }
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in vllm_cpu_environment(make_cfg(tiny_dir).backend.vllm)
 
 
-def test_a_daemonic_process_is_refused_before_vllm_fails_in_it(vllm, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import multiprocessing
-
-    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
-    with pytest.raises(LemError, match=r"backend=vllm: this process is a daemonic worker.*run.isolation=inline"):
-        loaded_backend(make_cfg(tiny_dir))
-    assert vllm.CONSTRUCTED == []
-
-
-def test_offline_records_count_tokens_and_time_from_arrival(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir)
-    backend = loaded_backend(cfg)
-    requests = prepared(backend, cfg)
-    records, clock = serve_records(backend, cfg, requests, [0.0] * len(requests))
-    assert sorted(r.request_id for r in records) == list(range(len(requests)))
-    by_id = {r.request_id: r for r in records}
-    for request in requests:
-        r = by_id[request.request_id]
-        sent = vllm.ADDED[f"lem-{request.request_id}"]
-        assert sent["prompt_token_ids"] == list(request.input_ids) and sent["rendered"]  # token ids, never text
-        assert r.input_tokens == request.input_tokens and r.padded_input_tokens is None
-        assert r.batch_id is None and r.batch_size is None
-        assert r.output_tokens == natural_length(request.input_ids) and r.finish_reason == "stop"
-        assert len(r.token_times_s) == r.output_tokens and r.token_times_s == sorted(r.token_times_s)
-        # TTFT is a duration from arrival: at least one engine step, never an absolute timestamp.
-        assert r.first_token_s - r.arrival_s >= vllm.STEP_S * 0.9
-        assert r.first_token_s - r.arrival_s < 5.0
-        assert r.arrival_s <= r.start_s <= r.first_token_s <= r.end_s
-    arrivals = {r.arrival_s for r in records}
-    assert len(arrivals) == 1  # offline: every request arrived at the same instant
-    sampling = vllm.ADDED["lem-0"]["params"]
-    assert sampling.output_kind is vllm.sampling_params.RequestOutputKind.DELTA and sampling.detokenize is False
-    assert sampling.temperature == 0.0 and EOS_ID in sampling.stop_token_ids
-
-
-def test_fixed_length_with_ignore_eos(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir)
-    cfg.dataset.ignore_eos = True
-    backend = loaded_backend(cfg)
-    records, _ = serve_records(backend, cfg, prepared(backend, cfg), [0.0] * len(PROMPTS))
-    assert [r.output_tokens for r in records] == [16] * len(PROMPTS)
-    assert {r.finish_reason for r in records} == {"length"}
-    assert all(len(r.token_times_s) == 16 for r in records)
-
-
-def test_min_output_tokens_hold_back_eos(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir)
-    cfg.dataset.min_output_tokens = 9
-    backend = loaded_backend(cfg)
-    requests = prepared(backend, cfg)
-    records, _ = serve_records(backend, cfg, requests, [0.0] * len(requests))
-    assert all(r.output_tokens >= 9 for r in records)
-    assert all(r.output_tokens < 16 and r.finish_reason == "stop" for r in records)  # the EOS came after min_tokens
-    assert vllm.ADDED["lem-0"]["params"].min_tokens == 9
-
-
-def test_sampled_decoding_reaches_the_engine(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir)
-    cfg.decoder.do_sample, cfg.decoder.temperature, cfg.decoder.top_p, cfg.decoder.top_k = True, 0.7, 0.9, 40
-    cfg.decoder.repetition_penalty = 1.2
-    backend = loaded_backend(cfg)
-    serve_records(backend, cfg, prepared(backend, cfg, PROMPTS[:1]), [0.0])
-    sent = vllm.ADDED["lem-0"]["params"]
-    assert (sent.temperature, sent.top_p, sent.top_k, sent.repetition_penalty, sent.seed) == (0.7, 0.9, 40, 1.2, None)
-
-
-def test_poisson_arrivals_are_honoured(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir)
-    cfg.traffic.arrival, cfg.traffic.target_qps, cfg.traffic.seed = ArrivalProcess.poisson, 40.0, 3
-    backend = loaded_backend(cfg)
-    requests = prepared(backend, cfg)
-    offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
-    assert offsets_s[-1] > 0.05 and len(set(offsets_s)) == len(offsets_s)
-    records, clock = serve_records(backend, cfg, requests, offsets_s)
-    by_id = {r.request_id: r for r in records}
-    serve_start = min(r.arrival_s for r in records)
-    for request, offset in zip(requests, offsets_s):
-        r = by_id[request.request_id]
-        added_s = clock.rel(vllm.ADDED[f"lem-{request.request_id}"]["time"])
-        assert r.arrival_s == pytest.approx(serve_start + offset, abs=1e-9)  # the open-loop arrival, not the hand-over
-        assert added_s >= r.arrival_s  # never handed to the engine before it arrived
-        assert added_s - r.arrival_s < 0.5  # ... and handed over soon after (between engine steps)
-        assert r.first_token_s > added_s
-    # Requests finished in arrival order here: arrivals were spread out, not all sent at t=0.
-    assert [r.request_id for r in records] == [rq.request_id for _, rq in sorted(zip(offsets_s, requests), key=lambda x: x[0])]
-
-
-def test_engine_queueing_shows_in_start_and_ttft(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir, max_num_seqs=2)
-    cfg.dataset.ignore_eos = True
-    cfg.dataset.max_output_tokens = 6
-    backend = loaded_backend(cfg)
-    records, _ = serve_records(backend, cfg, prepared(backend, cfg), [0.0] * len(PROMPTS))
-    waits = sorted(r.start_s - r.arrival_s for r in records)  # start: the engine's scheduled_ts
-    ttfts = sorted(r.first_token_s - r.arrival_s for r in records)
-    # Two run at once: the last pair waits for two full requests (2 x 6 steps) before it is scheduled.
-    assert waits[-1] >= waits[0] + 10 * vllm.STEP_S
-    assert ttfts[-1] >= ttfts[0] + 10 * vllm.STEP_S
-
-
-def test_multi_token_deltas_share_one_arrival_time(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir, engine_args={"stream_interval": 4})
-    cfg.dataset.ignore_eos = True
-    backend = loaded_backend(cfg)
-    records, _ = serve_records(backend, cfg, prepared(backend, cfg, PROMPTS[:2]), [0.0, 0.0])
-    for r in records:
-        assert r.output_tokens == 16 and len(r.token_times_s) == 16
-        # First token alone, then chunks of four tokens that reached lem together.
-        assert len(set(r.token_times_s)) == 1 + 4  # 1 + 4 + 4 + 4 + 3
-        assert r.token_times_s[1] == r.token_times_s[4] < r.token_times_s[5]
-
-
-def test_warmup_generate_returns_in_input_order(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir)
-    backend = loaded_backend(cfg)
-    requests = prepared(backend, cfg)
-    raws = backend.generate(requests[::-1], generation_params(cfg))
-    assert [r.request_id for r in raws] == [r.request_id for r in requests[::-1]]
-    assert all(len(r.token_times) == len(r.output_token_ids) > 0 for r in raws)
-
-
-def test_request_too_long_for_the_loaded_engine_is_refused(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir, max_model_len=40)
-    backend = loaded_backend(cfg)
-    requests = prepared(backend, cfg)
-    long_request = max(requests, key=lambda r: r.input_tokens)
-    params = GenerationParams(max_output_tokens=40 - long_request.input_tokens + 1)
-    with pytest.raises(LemError, match=r"but the engine holds max_model_len=40"):
-        list(backend.serve([long_request], [time.perf_counter()], params))
-    assert vllm.ADDED == {}  # refused before anything reached the engine
-
-
-def test_a_consumer_that_stops_early_leaves_nothing_running(vllm, tiny_dir: Path) -> None:
-    cfg = make_cfg(tiny_dir)
-    cfg.dataset.ignore_eos = True
-    backend = loaded_backend(cfg)
-    stream = backend.serve(prepared(backend, cfg), [time.perf_counter()] * len(PROMPTS), generation_params(cfg))
-    next(stream)
-    stream.close()
-    assert not backend._llm.llm_engine.has_unfinished_requests()
-
-
-def test_full_measured_run_on_the_stand_in(vllm, tiny_dir: Path, tmp_path: Path) -> None:
-
-    from lem.pipeline import run_measurement
-
-    cfg = make_cfg(tiny_dir)
-    cfg.dataset.n_prompts = 5
-    cfg.energy.enabled = False
-    cfg.flops.strategy = FlopsStrategy.analytical  # calflops would load the model in torch: slow and beside the point
-    cfg.traffic.arrival, cfg.traffic.target_qps = ArrivalProcess.constant, 50.0
-    run_dir = tmp_path / "run"
-    run_measurement(cfg, run_dir)
-    lines = [json.loads(line) for line in (run_dir / "raw" / "process-0.jsonl").read_text().splitlines()]
-    header = lines[0]
-    assert (header["engine"], header["engine_version"]) == ("vllm", "vllm 0.33.0")
-    assert header["engine_settings"]["engine_args"]["max_model_len"] == 80
-    phases = [line["name"] for line in lines if line["kind"] == "phase"]
-    assert phases[:3] == ["engine_init", "model_load", "warmup"] and "generation" in phases
-    requests = [line for line in lines if line["kind"] == "request"]
-    assert sorted(r["request_id"] for r in requests) == list(range(5))
-    gaps = sorted(r["arrival_s"] for r in requests)
-    assert all(b - a == pytest.approx(0.02, abs=1e-6) for a, b in zip(gaps, gaps[1:]))  # constant 50 req/s
-    for r in requests:
-        assert r["output_tokens"] == len(r["token_times_s"]) >= 1 and r["batch_id"] is None
-        assert r["first_token_s"] > r["arrival_s"]
-    assert (run_dir / "summary.json").is_file()
-
-
-# -- validation (config problems before anything loads) --------------------------------------------
+# -- validation against the installed build ------------------------------------------------------
 
 
 def _validate_with(monkeypatch: pytest.MonkeyPatch, cfg: LemConfig, *, has_package: bool, gpus: int) -> None:
     import torch
 
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" and has_package else real_find_spec(name, *a))
+    import lem.backends.vllm.config as vllm_config
+
+    monkeypatch.setattr(vllm_config, "installed_vllm_build", lambda: "gpu" if has_package else None)  # vLLM's GPU build
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     validate(cfg)
@@ -398,40 +189,3 @@ def test_validation_passes_with_package_and_gpus(monkeypatch: pytest.MonkeyPatch
     _validate_with(monkeypatch, cfg, has_package=True, gpus=2)
 
 
-# -- the real engine ------------------------------------------------------------------------------
-
-requires_real_vllm = pytest.mark.skipif(not REAL_VLLM, reason="needs the vllm package (pip install -e '.[vllm]')")
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU")
-@requires_real_vllm
-@pytest.mark.parametrize("traffic", [["traffic=offline"], ["traffic=poisson", "traffic.target_qps=8"]])
-def test_real_vllm_end_to_end(tmp_path: Path, traffic: list[str]) -> None:
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "lem", "backend=vllm", f"hydra.run.dir={run_dir}", "tracking.enabled=false",
-            "dataset.n_prompts=12", "dataset.max_output_tokens=24", "dataset.ignore_eos=true",
-            "energy.idle_baseline_s=0.5", "backend.vllm.gpu_memory_utilization=0.5",
-            *traffic,
-        ],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = [json.loads(line) for line in (run_dir / "raw" / "process-0.jsonl").read_text().splitlines()]
-    header = lines[0]
-    assert header["engine"] == "vllm" and header["engine_version"].startswith("vllm ")
-    assert header["device_type"] == "cuda" and header["device_names"]
-    requests = [line for line in lines if line["kind"] == "request"]
-    assert len(requests) == 12
-    for r in requests:
-        assert r["output_tokens"] == 24 == len(r["token_times_s"])  # ignore_eos: fixed length
-        assert 0 < r["first_token_s"] - r["arrival_s"] < 60

@@ -15,7 +15,7 @@ from lem.errors import LemError
 
 # (overrides, the text the one-line error must contain)
 BAD_CONFIGS: list[tuple[list[str], str]] = [
-    (["batching=foo"], "batching=foo: expected one of dynamic, sorted_dynamic, sorted_static, static"),
+    (["batching=foo"], "batching=foo: expected one of auto, continuous, dynamic, sorted_dynamic, sorted_static, static"),
     (["backend=tensorflow"], "backend=tensorflow: expected one of llama_cpp, pytorch, tensorrt, vllm"),
     (["batching.foo=1"], "batching.foo=1: unknown key; batching has: strategy, batch_size"),
     (["+batching.foo=1"], "batching.foo=1: unknown key"),
@@ -23,9 +23,9 @@ BAD_CONFIGS: list[tuple[list[str], str]] = [
     (["batching.batch_size=abc"], "batching.batch_size=abc: expected an integer"),
     (["batching.batch_size=0"], "batching.batch_size=0: expected a number >= 1"),
     (["batching.batch_size=-3"], "batching.batch_size=-3: expected a number >= 1"),
-    (["batching.strategy=weird"], "batching.strategy=weird: expected one of static, sorted_static, dynamic, sorted_dynamic"),
+    (["batching.strategy=weird"], "batching.strategy=weird: expected one of auto, continuous, static, sorted_static, dynamic, sorted_dynamic"),
     (["batching=dynamic", "batching.max_tokens_per_batch=10"], "batching.max_tokens_per_batch=10: expected room for at least one request"),
-    (["batching.max_tokens_per_batch=4096"], "batching.max_tokens_per_batch=4096: expected null unless batching.strategy is dynamic"),
+    (["batching.max_tokens_per_batch=4096"], "batching.max_tokens_per_batch=4096: expected null unless batching.strategy is dynamic, sorted_dynamic or continuous"),
     (["dataset=file"], "dataset.path=null: expected a .jsonl, .json or .csv file"),
     (["dataset=file", "dataset.path=/nonexistent/prompts.jsonl"], "dataset.path=/nonexistent/prompts.jsonl: expected an existing"),
     (["dataset.source=hf"], "dataset.hf_name=null: expected a dataset name"),
@@ -70,11 +70,13 @@ BAD_CONFIGS: list[tuple[list[str], str]] = [
     (["model.name_or_path=./no/such/dir"], "model.name_or_path=./no/such/dir: expected an existing local model directory"),
     (["model.trust_remote_code=sometimes"], "model.trust_remote_code=sometimes: expected true or false"),
     (["run.warmup_batches=-1"], "run.warmup_batches=-1: expected a number >= 0"),
-    (["backend=vllm"], "backend.name=vllm: expected the 'vllm' package, which is not installed (pip install -e \".[vllm]\" on a CUDA machine)"),
     (["backend=tensorrt"], "backend.name=tensorrt: expected the 'tensorrt_llm' package, which is not installed (pip install tensorrt_llm --extra-index-url https://pypi.nvidia.com"),
     (["backend=vllm", "backend.vllm.gpu_memory_utilization=1.5"], "backend.vllm.gpu_memory_utilization=1.5: expected a number in (0.0, 1.0]"),
     (["backend=vllm", "precision=int8"], "precision.quantization=int8: expected none with backend=vllm (bitsandbytes is a PyTorch option); use backend.vllm.quantization"),
-    (["backend=vllm", "backend.device=cpu"], "backend.device=cpu: expected auto or cuda with backend=vllm"),
+    (["backend=vllm", "backend.vllm.max_num_seqs=4"], "backend.vllm.max_num_seqs=4: expected at least batching.batch_size (8)"),
+    (["batching=continuous"], "batching.strategy=continuous: expected auto, static, sorted_static, dynamic or sorted_dynamic with backend=pytorch"),
+    (["backend=vllm", "batching=continuous", "batching.max_tokens_per_batch=10"], "batching.max_tokens_per_batch=10: expected room for at least one request"),
+    (["backend=vllm", "backend.vllm.cpu_kvcache_space_gib=0"], "backend.vllm.cpu_kvcache_space_gib=0: expected a number >= 1"),
     (["backend=vllm", "sharding=tensor_parallel", "sharding.num_shards=2", "backend.vllm.tensor_parallel_size=4"], "backend.vllm.tensor_parallel_size=4: expected tensor_parallel_size x pipeline_parallel_size = sharding.num_shards (2)"),
     (["backend=vllm", "+backend.vllm.engine_args.dtype=half"], "backend.vllm.engine_args.dtype=half: expected no value here: lem sets it from precision.dtype"),
     (["backend=tensorrt", "backend.tensorrt.kv_cache_free_gpu_memory_fraction=0"], "backend.tensorrt.kv_cache_free_gpu_memory_fraction=0.0: expected a number in (0.0, 1.0]"),
@@ -125,3 +127,26 @@ def test_good_config_composes_and_validates() -> None:
     composed, cfg = compose_config(["backend=llama_cpp", "batching.batch_size=1", "experiment=quick"])
     assert cfg.backend.name.value == "llama_cpp" and composed.backend.name.value == "llama_cpp"
     assert cfg.dataset.n_prompts == 16
+
+
+@pytest.mark.parametrize(
+    ("build", "overrides", "expected"),
+    [
+        (None, ["backend=vllm"], "backend.name=vllm: expected the 'vllm' package, which is not installed (make vllm installs its CPU build here"),
+        ("gpu", ["backend=vllm", "backend.device=cpu"], "backend.device=cpu: expected auto or cuda: the installed vLLM is its GPU build; for CPU runs install its CPU build (make vllm)"),
+        ("cpu", ["backend=vllm", "backend.vllm.pipeline_parallel_size=2", "sharding=pipeline_parallel", "sharding.num_shards=2"], "expected 1 with vLLM's CPU build"),
+    ],
+)
+def test_vllm_is_checked_against_the_installed_build(monkeypatch: pytest.MonkeyPatch, build: str | None, overrides: list[str], expected: str) -> None:
+    import lem.backends.vllm.config as vllm_config
+
+    monkeypatch.setattr(vllm_config, "installed_vllm_build", lambda: build)
+    assert expected in refusal(overrides)
+
+
+def test_vllm_cpu_build_validates_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lem.backends.vllm.config as vllm_config
+
+    monkeypatch.setattr(vllm_config, "installed_vllm_build", lambda: "cpu")
+    _, cfg = compose_config(["backend=vllm", "batching=sorted_dynamic", "backend.device=cpu"])
+    assert cfg.backend.name.value == "vllm" and cfg.batching.strategy.value == "sorted_dynamic"

@@ -57,6 +57,23 @@ def test_itl_is_every_gap_and_pools_over_requests():
     assert sorted(lat["itl_ms"]) == pytest.approx([100.0, 300.0, 400.0])
 
 
+def test_itl_is_one_gap_per_streamed_chunk_not_zeros_for_tokens_that_arrived_together():
+    # A serving engine streamed token 0 at 0.0, a delta of three tokens at 0.1, one token at 0.3.
+    times = [0.0, 0.1, 0.1, 0.1, 0.3]
+    assert itl_ms(times) == pytest.approx([100.0, 200.0])  # vLLM's serving benchmark: one gap per chunk
+    assert itl_ms([0.2, 0.2, 0.2]) == []  # a single chunk has no gap
+    lat = request_latencies([request(0.0, 0.0, times)])
+    assert lat["itl_ms"] == pytest.approx([100.0, 200.0]) and 0.0 not in lat["itl_ms"]
+    assert lat["tpot_ms"] == pytest.approx([300.0 / 4])  # TPOT still spreads the decode time over every token
+
+
+def test_itl_of_distinct_token_times_is_every_gap():
+    # PyTorch streams one token at a time: every token has its own time, so every gap counts.
+    times = [0.05, 0.1, 0.25, 0.3, 0.6]
+    assert itl_ms(times) == pytest.approx([50.0, 150.0, 50.0, 300.0])
+    assert len(itl_ms(times)) == len(times) - 1
+
+
 def test_single_token_request_is_excluded_from_tpot_but_not_ttft_or_e2e():
     lat = request_latencies([request(0.0, 0.0, [0.1, 0.2, 0.3]), request(0.0, 0.0, [0.5])])
     assert lat["tpot_ms"] == pytest.approx([100.0])  # only the 3-token request

@@ -28,7 +28,7 @@ import gc
 import inspect
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from lem.backends.base import (
     EngineDescription,
@@ -47,6 +47,10 @@ from lem.backends.llama_cpp.gguf import (
 from lem.backends.llama_cpp.sampler import SamplerChains, eos_mask_until, request_seed
 from lem.errors import ConfigError, LemError, first_line
 from lem.workload.types import GenerationParams, PreparedRequest
+
+if TYPE_CHECKING:
+    from lem.workload.admission import Admission
+    from lem.workload.steps import StepLog
 
 INSTALL_HINT = 'pip install -e ".[llamacpp]" (compiles llama.cpp from source: about 9 minutes on 2 cores)'
 SCHEDULING = "sequential: one request at a time in arrival order (llama-cpp-python decodes one sequence); batching.* not applied"
@@ -156,18 +160,23 @@ class LlamaCppBackend(LoadedTokenizer):
         """Serve ``batch`` (warmup) one request after another; each RawGeneration starts when its request did."""
         return [self._generate_one(request, params) for request in batch]
 
-    def serve(
-        self, requests: Sequence[PreparedRequest], arrival_times: Sequence[float], params: GenerationParams
-    ) -> Iterator[RawGeneration]:
-        """First come, first served, one at a time: a request waits (queueing, in its TTFT) until the previous one ends."""
-        order = sorted(range(len(requests)), key=lambda i: (arrival_times[i], i))
-        for i in order:
-            wait_s = arrival_times[i] - time.perf_counter()
-            if wait_s > 0:
-                time.sleep(wait_s)  # open loop: nothing has arrived yet
-            raw = self._generate_one(requests[i], params)
-            raw.arrival_time = arrival_times[i]
-            yield raw
+    def serve(self, admission: Admission, params: GenerationParams, steps: StepLog) -> Iterator[RawGeneration]:
+        """One at a time in arrival order (``admission`` holds at most one in flight): a request waits
+        (queueing, in its TTFT) until the previous one ends."""
+        steps.source = "lem serial handovers"
+        while not admission.done:
+            now = time.perf_counter()
+            due = admission.due(now)
+            if not due:
+                time.sleep(admission.wait_s(now))  # open loop: nothing has arrived yet
+                continue
+            for handover in due:
+                started = time.perf_counter()
+                raw = self._generate_one(handover.request, params)
+                raw.arrival_time = handover.arrival_time
+                steps.add(started, 1, admission.queued(started), max(1, len(raw.output_token_ids)))
+                admission.finished(handover.request.request_id)
+                yield raw
 
     def synchronize(self) -> None:
         if self._llm is not None and self._lib is not None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from lem.backends.base import Engine
 from lem.backends.serving import check_passthrough, check_serving_engine, require_gpus
 from lem.config.rules import at_least, in_range, require_package
+from lem.config.types import Device
 from lem.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ _TENSORRT_OWNED_NESTED = {
 
 def check(cfg: LemConfig) -> None:
     t = cfg.backend.tensorrt
+    if cfg.backend.device is Device.cpu:
+        raise ConfigError("backend.device", "cpu", "auto or cuda with backend=tensorrt (it runs on NVIDIA GPUs only)")
     tp_pp = check_serving_engine(
         cfg, "tensorrt", "backend.tensorrt.quantization (a TensorRT-LLM QuantAlgo name such as FP8 or W4A16_AWQ, with backend.tensorrt.runtime=trt_engine)"
     )
@@ -93,4 +96,4 @@ def check(cfg: LemConfig) -> None:
     require_gpus("tensorrt", tp_pp[0] * tp_pp[1])
 
 
-ENGINE = Engine("tensorrt", TensorRTConfig, "lem.backends.tensorrt.engine:TensorRTBackend", check)
+ENGINE = Engine("tensorrt", TensorRTConfig, "lem.backends.tensorrt.engine:TensorRTBackend", check, self_parallel=True)

@@ -7,8 +7,9 @@ TensorRT engine from ``BuildConfig`` and ``QuantConfig(quant_algo=QuantAlgo.<nam
 in as token ids through ``LLM.generate_async(token_ids, SamplingParams, streaming=True)``, whose
 result is an async iterator: each step's new tokens are ``outputs[0].token_ids_diff``.
 
-Every request is submitted at its arrival time from an asyncio loop on a worker thread (the
-executor schedules them itself: in-flight batching), and each streamed delta is timed with
+Every request is submitted when lem's admission hands it over (its arrival, within
+``batching.*``: ``lem.workload.admission``) from an asyncio loop on a worker thread (the
+executor schedules what it holds: in-flight batching), and each streamed delta is timed with
 ``perf_counter`` when it reaches lem — as the PyTorch and vLLM adapters time theirs. Finished
 requests cross to the caller through a queue, so the caller's record writing never delays the
 timing of tokens still streaming.
@@ -23,7 +24,7 @@ import queue
 import threading
 import time
 from enum import Enum
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator
 
 from lem.backends.base import (
     EngineDescription,
@@ -35,7 +36,11 @@ from lem.backends.hf_files import context_length, hub_revision, load_hf_tokenize
 from lem.backends.serving import ServingEngine, engine_parallel_sizes
 from lem.backends.tensorrt.config import TensorRTRuntime
 from lem.errors import ConfigError, LemError, first_line
-from lem.workload.types import GenerationParams, PreparedRequest
+from lem.workload.types import GenerationParams
+
+if TYPE_CHECKING:
+    from lem.workload.admission import Admission, Handover
+    from lem.workload.steps import StepLog
 
 _DONE = object()  # the worker thread's last message
 
@@ -139,15 +144,15 @@ class TensorRTBackend(ServingEngine):
         except (ValueError, TypeError) as e:  # TensorRT-LLM's argument and model checks
             raise LemError(f"backend=tensorrt: TensorRT-LLM refused to start the engine: {first_line(e)}") from e
 
-    def serve(
-        self, requests: Sequence[PreparedRequest], arrival_times: Sequence[float], params: GenerationParams
-    ) -> Iterator[RawGeneration]:
+    def serve(self, admission: Admission, params: GenerationParams, steps: StepLog) -> Iterator[RawGeneration]:
+        """``steps`` stays empty: the executor's per-iteration batch is not read (its iteration stats
+        need ``enable_iter_perf_stats``); the summary's engine_steps is then null, not guessed."""
         llm = self._require_llm()
-        check_requests_fit(requests, params.max_output_tokens, self._max_seq_len(), "backend.tensorrt.max_seq_len")
-        if not requests:
+        check_requests_fit(admission.requests, params.max_output_tokens, self._max_seq_len(), "backend.tensorrt.max_seq_len")
+        if admission.done:
             return
         finished: queue.Queue[Any] = queue.Queue()
-        worker = _ServeThread(llm, self._trtllm.SamplingParams, self._sampling_kwargs(params), requests, arrival_times, finished)
+        worker = _ServeThread(llm, self._trtllm.SamplingParams, self._sampling_kwargs(params), admission, finished)
         worker.start()
         try:
             while True:
@@ -212,22 +217,22 @@ class TensorRTBackend(ServingEngine):
 
 
 class _ServeThread:
-    """An asyncio loop on a worker thread: one task per request sleeps until its arrival, submits it
-    and reads its stream; each finished RawGeneration (or the first error) goes to ``finished``."""
+    """An asyncio loop on a worker thread: it submits each request when ``admission`` hands it over
+    (arrival, batching policy) and reads its stream; each finished RawGeneration (or the first
+    error) goes to ``finished``. The admission is used on this thread only."""
 
     def __init__(
         self,
         llm: Any,
         sampling_class: Any,
         sampling_kwargs: dict[str, Any],
-        requests: Sequence[PreparedRequest],
-        arrival_times: Sequence[float],
+        admission: Admission,
         finished: queue.Queue[Any],
     ) -> None:
         self._llm = llm
         self._sampling_class = sampling_class
         self._sampling_kwargs = sampling_kwargs
-        self._work = list(zip(requests, arrival_times, strict=True))
+        self._admission = admission
         self._finished = finished
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[Any] | None = None
@@ -259,12 +264,37 @@ class _ServeThread:
         self._loop = asyncio.get_running_loop()
         self._main = asyncio.current_task()
         self._ready.set()
-        await asyncio.gather(*(self._serve_one(request, arrival) for request, arrival in self._work))
+        admission = self._admission
+        changed = asyncio.Event()  # a request finished: room for the next
+        running: set[asyncio.Task[Any]] = set()
+        try:
+            while not admission.done:
+                now = time.perf_counter()
+                for handover in admission.due(now):
+                    task = asyncio.create_task(self._serve_one(handover, changed))
+                    running.add(task)
+                changed.clear()
+                wait_s = admission.wait_s(now)  # 0: nothing more arrives; wait for a request to finish
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=wait_s if wait_s > 0 else None)
+                except asyncio.TimeoutError:
+                    pass
+                for task in [t for t in running if t.done()]:
+                    running.discard(task)
+                    task.result()  # the first error ends the serve
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
-    async def _serve_one(self, request: PreparedRequest, arrival: float) -> None:
-        delay = arrival - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async def _serve_one(self, handover: Handover, changed: asyncio.Event) -> None:
+        try:
+            await self._stream_one(handover)
+        finally:
+            changed.set()  # finished or failed: the serve loop looks again
+
+    async def _stream_one(self, handover: Handover) -> None:
+        request = handover.request
         handed = time.perf_counter()
         # One SamplingParams per request: the LLM API fills fields of the object it is given.
         sampling = self._sampling_class(**self._sampling_kwargs)
@@ -282,6 +312,7 @@ class _ServeThread:
             stream.abort()
             await _drain(stream)  # the engine's final "cancelled" response must land before this loop closes
             raise
+        self._admission.finished(request.request_id)
         self._finished.put(
             RawGeneration(
                 request_id=request.request_id,
@@ -289,7 +320,7 @@ class _ServeThread:
                 token_times=token_times,
                 start_time=handed,  # when lem submitted it; the executor schedules it from then on
                 padded_input_tokens=None,  # paged KV cache, no padding
-                arrival_time=arrival,
+                arrival_time=handover.arrival_time,
             )
         )
 
