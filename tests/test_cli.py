@@ -79,7 +79,7 @@ def test_help_lists_groups_and_options(tmp_path: Path) -> None:
     result = run_lem(["--help"], cwd=tmp_path)
     assert result.returncode == 0
     for line in [
-        "batching: dynamic, sorted_dynamic, sorted_static, static",
+        "batching: auto, continuous, dynamic, sorted_dynamic, sorted_static, static",
         "decoder: creative, deterministic, factual, standard",
         "precision: auto, bfloat16, float16, float32, int4, int8",
         "traffic: constant, offline, poisson",

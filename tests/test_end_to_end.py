@@ -104,6 +104,18 @@ def test_run_writes_records_and_summary(tiny_model: Path, tmp_path: Path) -> Non
     assert set(idle) == {"cpu", "ram"} and all(d["mean_power_w"] > 0 for d in idle.values())
     assert summary["flops"]["total_flops"] > 0 and summary["flops"]["source"] in ("calflops", "analytical")
 
+    # The batch the engine ran: one engine_steps row per lem batch (auto = static batches of 4 for PyTorch).
+    steps = [line for line in lines if line["kind"] == "engine_steps"]
+    assert steps and {s["source"] for s in steps} == {"lem batches"}
+    running = [n for s in steps for n in s["running"]]
+    weights = [n for s in steps for n in s["steps"]]
+    assert sorted(running) == [2, 4] and sum(weights) <= 2 * max_out
+    batching = summary["batching"]
+    assert batching["strategy"] == "static" and batching["batch_size"] == 4 and batching["n_batches"] == 2
+    assert batching["engine_steps"]["max_running"] == 4
+    assert batching["engine_steps"]["mean_running"] == pytest.approx(sum(r * w for r, w in zip(running, weights)) / sum(weights))
+    assert "engine ran" in result.stdout
+
     assert (run_dir / "resolved_config.yaml").is_file()
     assert (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert "TTFT" in result.stdout and str(run_dir) in result.stdout

@@ -43,7 +43,8 @@ def plan_batches(
     strategy = batching.strategy
     sorted_strategies = (BatchingStrategy.sorted_static, BatchingStrategy.sorted_dynamic)
     ordered = sort_longest_first(requests) if strategy in sorted_strategies else list(requests)
-    if strategy in (BatchingStrategy.static, BatchingStrategy.sorted_static, BatchingStrategy.continuous):
+    # auto is resolved per engine before serving (lem.backends.registry.effective_batching); here it plans as static.
+    if strategy in (BatchingStrategy.auto, BatchingStrategy.static, BatchingStrategy.sorted_static, BatchingStrategy.continuous):
         return _fixed_size(ordered, batching.batch_size)
     if strategy in (BatchingStrategy.dynamic, BatchingStrategy.sorted_dynamic):
         budget_tokens = batching.max_tokens_per_batch

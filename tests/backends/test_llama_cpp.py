@@ -343,6 +343,9 @@ def test_llama_cpp_run_records_real_token_times(tmp_path: Path) -> None:
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["run"]["engine"] == "llama_cpp" and summary["n_requests"] == 4
+    steps = summary["batching"]["engine_steps"]  # one request at a time, whatever batching says
+    assert steps["source"] == "lem serial handovers" and steps["max_running"] == 1 and steps["mean_running"] == 1.0
+    assert steps["n_steps"] == sum(r["output_tokens"] for r in requests)
     assert summary["throughput"]["output_tokens_per_s"] > 0
     assert summary["batching"]["mean_batch_size"] is None
     assert summary["flops"]["total_flops"]  # counted from the Hugging Face config beside the GGUF (extra.model_path)

@@ -421,7 +421,10 @@ def test_names_params_and_sweep_overrides() -> None:
     cfg = {"backend": {"name": "pytorch"}, "batching": {"strategy": Strategy.static, "batch_size": 8}, "precision": {"dtype": "bfloat16"},
            "model": {"name_or_path": "meta-llama/Llama-3.1-8B"}, "decoder": {"stop": ["\n"], "temperature": None}}
     assert run_name(cfg) == "pytorch-static-bs8-bfloat16 Llama-3.1-8B"  # an Enum value shows as its value
-    assert run_name({**cfg, "backend": {"name": "vllm"}}).startswith("vllm-continuous-")  # vLLM schedules itself
+    assert run_name({**cfg, "backend": {"name": "vllm"}}).startswith("vllm-static-bs8-")  # lem's batches, handed over as groups
+    auto = {**cfg, "backend": {"name": "vllm"}, "batching": {"strategy": "auto", "batch_size": 8}}
+    assert run_name(auto).startswith("vllm-continuous-bs8-")  # auto: vLLM schedules itself, at most 8 in flight
+    assert run_name({**auto, "backend": {"name": "llama_cpp"}}).startswith("llama_cpp-serial-")  # one at a time
     assert run_name(cfg, job_num=3).endswith(" #3")
     assert config_params(cfg) == {"backend.name": "pytorch", "batching.strategy": "static", "batching.batch_size": "8",
                                   "precision.dtype": "bfloat16", "model.name_or_path": "meta-llama/Llama-3.1-8B",
