@@ -16,7 +16,7 @@ LLAMACPP_WHEELS ?= build/wheels
 LLAMACPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF
 
 .DEFAULT_GOAL := help
-.PHONY: help install model run test test-fast bench ui clean llamacpp llamacpp-wheel vllm
+.PHONY: help install model run test test-fast bench bench-vllm ui clean llamacpp llamacpp-wheel vllm
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ test-fast: install ## the suite without the tests that load the real embedded mo
 bench: model ## benchmarks: lem vs a bare transformers loop, and CLI start-up time
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/overhead.py
 	$(PY) benchmarks/cli_startup.py
+
+bench-vllm: model vllm ## benchmark: lem's vLLM backend vs a bare vllm.LLM.generate (~4 min)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/vllm_overhead.py
 
 PORT ?= 5000
 ui: install ## the MLflow UI over this project's runs (mlruns/) on http://127.0.0.1:5000; another port: make ui PORT=5001

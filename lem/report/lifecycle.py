@@ -75,7 +75,7 @@ def render_lifecycle(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder of ``sweep_dir`` that has a summary, in job order, labelled by its overrides."""
-    rows = []
+    found: list[tuple[Path, dict[str, Any], list[str]]] = []
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     for job in jobs:
         summary_path = job / "summary.json"
@@ -85,19 +85,23 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             summary = json.loads(summary_path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        rows.append(lifecycle_row(_label(job, summary), summary))
+        found.append((job, summary, _overrides(job)))
+    # Label each job by what sets it apart: the overrides not shared by every job.
+    shared = set.intersection(*(set(items) for _, _, items in found)) if len(found) > 1 else set()
+    rows = []
+    for job, summary, items in found:
+        label = " ".join(item for item in items if item not in shared)
+        rows.append(lifecycle_row(label or str((summary.get("run") or {}).get("engine") or job.name), summary))
     return rows
 
 
-def _label(job: Path, summary: Mapping[str, Any]) -> str:
-    overrides = job / ".hydra" / "overrides.yaml"
+def _overrides(job: Path) -> list[str]:
     try:
         import yaml
 
-        items = yaml.safe_load(overrides.read_text()) or []
-        return " ".join(str(item) for item in items) or job.name
+        return [str(item) for item in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []]
     except (OSError, ValueError):
-        return str(((summary.get("run") or {}).get("engine")) or job.name)
+        return []
 
 
 class SweepTableCallback(Callback):

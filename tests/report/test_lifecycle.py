@@ -43,7 +43,7 @@ def test_sweep_rows_read_every_finished_job_in_order_with_its_overrides(tmp_path
     for job, (backend, j) in enumerate([("pytorch", 0.6), ("vllm", 0.2), ("llama_cpp", 0.4)]):
         folder = tmp_path / str(job)
         (folder / ".hydra").mkdir(parents=True)
-        (folder / ".hydra" / "overrides.yaml").write_text(f"- backend={backend}\n")
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- backend={backend}\n- experiment=quick\n")  # shared: not in labels
         if backend != "llama_cpp":  # a failed job leaves no summary: no row
             (folder / "summary.json").write_text(json.dumps(summary([1.0, 2.0, 1.0], [10.0, 20.0, 5.0], j, 10.0)))
     assert [r["label"] for r in sweep_rows(tmp_path)] == ["backend=pytorch", "backend=vllm"]
