@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from lem.report.lifecycle import break_even_tokens, lifecycle_row, render_lifecycle, sweep_rows
+from lem.report.lifecycle import (
+    break_even_tokens,
+    lifecycle_row,
+    render_lifecycle,
+    sweep_rows,
+)
 
 
 def summary(setup_s: list[float], setup_j: list[float | None], j_per_token: float, tok_s: float) -> dict:
