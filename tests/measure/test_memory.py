@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import subprocess
 import sys
 import time
@@ -22,15 +23,19 @@ def rss() -> int:
 
 
 def hold(nbytes: int, seconds: float) -> None:
-    block = b"x" * nbytes  # written, so resident (a bytearray(n) may stay unbacked zero pages)
+    # Fresh pages from the kernel, each written so it is resident: an allocation through malloc may be
+    # served from memory an earlier test in this process freed but kept resident, and not move RSS.
+    block = mmap.mmap(-1, nbytes)
+    for offset in range(0, nbytes, mmap.PAGESIZE):
+        block[offset] = 1
     time.sleep(seconds)
-    del block
+    block.close()
 
 
 def test_peak_covers_an_allocation_held_inside_the_window() -> None:
     before = rss()
     with PeakMemory() as peak:
-        hold(96 * MB, 1.5)  # long enough to be sampled on a loaded machine (the sampler runs every 50 ms)
+        hold(96 * MB, 0.5)
     record = peak.record
     assert isinstance(record, MemoryRecord)
     assert record.peak_rss_bytes is not None
@@ -56,7 +61,7 @@ def test_sampler_catches_a_peak_below_the_lifetime_high_water_mark(monkeypatch: 
     monkeypatch.setattr(memory, "_ru_maxrss_bytes", lambda: 1 << 40)
     before = rss()
     peak = PeakMemory(interval_s=0.02).start()
-    hold(96 * MB, 1.5)  # freed before stop(), so only the background samples can have seen it
+    hold(96 * MB, 0.5)  # freed before stop(), so only the background samples can have seen it
     record = peak.stop()
     assert record.source == "psutil"
     assert record.peak_rss_bytes >= before + 90 * MB
