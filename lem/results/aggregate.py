@@ -16,6 +16,7 @@ from lem.errors import LemError
 from lem.records import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
 from lem.results.cycles import cycles_section
 from lem.results.energy import energy_section, utilisation_section
+from lem.results.engine_steps import engine_steps_section
 from lem.results.latency import distribution, request_latencies
 from lem.results.phase_energy import energy_of
 from lem.results.reader import RawProcessRecords, clock_offsets
@@ -369,32 +370,6 @@ def _batching_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
         "padded_input_tokens": padded_total,
         "padding_fraction": padding_fraction,
         "engine_steps": engine_steps_section(procs),
-    }
-
-
-def engine_steps_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
-    """What the engine actually ran per step (``engine_steps`` records): running and waiting
-    requests, means weighted by the engine steps each row stands for; null without records."""
-    running: list[int] = []
-    waiting: list[int] = []
-    weights: list[int] = []
-    sources: set[str] = set()
-    for p in procs:
-        for rec in p.others("engine_steps"):
-            sources.add(str(rec.get("source")))
-            running.extend(int(v) for v in rec.get("running") or [])
-            waiting.extend(int(v) for v in rec.get("waiting") or [])
-            weights.extend(int(v) for v in rec.get("steps") or [])
-    total = sum(weights)
-    if not running or total <= 0:
-        return {"source": None, "n_steps": None, "mean_running": None, "max_running": None, "mean_waiting": None, "max_waiting": None}
-    return {
-        "source": ", ".join(sorted(sources)),
-        "n_steps": total,
-        "mean_running": sum(r * w for r, w in zip(running, weights)) / total,
-        "max_running": max(running),
-        "mean_waiting": sum(q * w for q, w in zip(waiting, weights)) / total,
-        "max_waiting": max(waiting),
     }
 
 
