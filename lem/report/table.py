@@ -243,8 +243,8 @@ def _compute(out: list[str], flops: Mapping[str, Any], mem: Mapping[str, Any], b
     out.append("batching")
     if batching.get("strategy"):
         budget = batching.get("max_tokens_per_batch")
-        limit = "at most" if batching["strategy"] == "continuous" else "size"
-        _kv(out, "strategy", f"{batching['strategy']} ({limit} {batching.get('batch_size')} requests" + (f", {budget} tokens)" if budget else ")"))
+        limit = "at most {} requests in flight" if batching["strategy"] == "continuous" else "batches of up to {} requests"
+        _kv(out, "strategy", f"{batching['strategy']} ({limit.format(batching.get('batch_size'))}" + (f", {budget} tokens)" if budget else ")"))
     steps = batching.get("engine_steps") or {}
     if steps.get("n_steps"):
         _kv(
