@@ -16,7 +16,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from lem.report.table import fmt_num
+from lem.report.table import fmt_num, grid
 
 SETUP_PHASES = ("engine_init", "model_load", "warmup")
 
@@ -63,14 +63,14 @@ def render_lifecycle(rows: Sequence[Mapping[str, Any]]) -> str:
             fmt_num(row["tokens_per_s"]), fmt_num(row["ttft_p50_ms"]), fmt_num(row["tpot_p50_ms"]),
             "—" if even is None else f"{fmt_num(even)} tok",
         ))
-    widths = [max(len(str(cells[i])) for cells in (header, *body)) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) for cells in (header, *body)]
+    out: list[str] = []
+    grid(out, "lem sweep: setup against generation, per job", header, body)
     sources = sorted({str(r["energy_source"]) for r in rows if r["energy_source"]})
-    note = (
-        f"energy: {', '.join(sources) or 'not measured'}; setup = engine init + model load + warmup; "
+    out.append(
+        f"  energy: {', '.join(sources) or 'not measured'}; setup = engine init + model load + warmup; "
         f"'pays off after': output tokens after which the job's setup plus generation energy falls below {rows[0]['label']}'s"
     )
-    return "\n".join(["lem sweep: setup against generation, per job", *lines, note])
+    return "\n".join(out).lstrip("\n")
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:

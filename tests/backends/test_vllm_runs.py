@@ -18,16 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from lem.backends.vllm.config import installed_vllm_build
 from lem.config.schema import BackendName, LemConfig
 from lem.config.types import BatchingStrategy, Device, FlopsStrategy
 from lem.launch.job import WorkerDied, WorkerManager
+from tests.backends.real_vllm import NEEDS_VLLM_CPU
 
-BUILD = installed_vllm_build()
-MISSING = "vLLM's CPU build is not installed: make vllm"
-if BUILD != "cpu" and os.environ.get("LEM_REQUIRE_VLLM") == "1":
-    raise RuntimeError(f"LEM_REQUIRE_VLLM=1 but {MISSING}")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(BUILD != "cpu", reason=MISSING)]
+pytestmark = NEEDS_VLLM_CPU
 
 def left_in_group(pgid: int, timeout_s: float = 30.0) -> list[str]:
     """Processes still alive in process group ``pgid`` (an engine worker's: it and all it started),

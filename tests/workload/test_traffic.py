@@ -72,6 +72,8 @@ def test_offline_batches_equal_the_planned_batches(strategy: BatchingStrategy) -
     assert [s.batch_id for s in scheduled] == list(range(len(planned)))
     assert all(a == 100.0 for s in scheduled for a in s.arrivals_s)
     assert clock.slept == []
+    served = [len(s.requests) for s in scheduled]  # everything arrived at once: the rest waits behind each batch
+    assert [s.waiting for s in scheduled] == [11 - sum(served[: i + 1]) for i in range(len(served))]
 
 
 def test_batches_form_only_from_arrived_requests_and_queue_while_busy() -> None:

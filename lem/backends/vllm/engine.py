@@ -208,8 +208,8 @@ class VllmBackend(ServingEngine):
         engine = self._require_llm()
         sampling = self._sampling_params(params)
         check_requests_fit(admission.requests, params.max_output_tokens, self._engine_args.get("max_model_len"), "backend.vllm.max_model_len")
-        max_num_seqs = self._scheduler_limit("max_num_seqs")
-        if max_num_seqs is not None and admission.max_in_flight > max_num_seqs:
+        max_num_seqs = self._effective_settings().get("max_num_seqs")
+        if isinstance(max_num_seqs, int) and admission.max_in_flight > max_num_seqs:
             raise LemError(
                 f"batching.batch_size={admission.max_in_flight} is more than the engine runs at once "
                 f"(max_num_seqs={max_num_seqs}); lower batching.batch_size or raise backend.vllm.max_num_seqs"
@@ -301,11 +301,6 @@ class VllmBackend(ServingEngine):
         self._free_llm(shutdown)
 
     # -- helpers --------------------------------------------------------------------------
-
-    def _scheduler_limit(self, name: str) -> int | None:
-        scheduler = getattr(getattr(self._llm, "vllm_config", None), "scheduler_config", None)
-        value = getattr(scheduler, name, None)
-        return int(value) if isinstance(value, int) else None
 
     def _effective_settings(self) -> dict[str, Any]:
         """What vLLM resolved its own defaults to (scheduler limits, block size, eager mode)."""
