@@ -41,22 +41,31 @@ def _task(cfg: Any) -> float | None:
     from lem.config.checks import validate
     from lem.config.schema import to_dataclass
     from lem.errors import LemError
+    from lem.session import current
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    current().jobs_started += 1
     try:
         lem_cfg = to_dataclass(cfg)
         validate(lem_cfg)
     except Exception as exc:
+        from lem.config.yaml_origin import with_origin
+
         _discard_empty_run_dir(run_dir)
         error = exc if isinstance(exc, LemError) else _as_user_error(exc)
+        error = with_origin(error, dict(hydra_cfg.runtime.choices), CONF_DIR, sys.argv[1:])  # a value from a config file: where
         if not multirun:
             # Exit here: raising would make Hydra print its own multi-line report first.
             print(f"lem: error: {error}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
-        raise error from exc
+        current().refused_jobs.append((run_dir.name, str(error)))
+        if "BasicSweeper" in str(hydra_cfg.sweeper.get("_target_", "")):
+            return None  # the sweep goes on; lem names every refusal in one line when it ends (run)
+        raise error from exc  # the Optuna sweeper marks the trial failed
 
+    from lem.launch.faults import JobFailed, drop_empty_file
     from lem.launch.job import execute_job
     from lem.launch.ranks import launched_by_torchrun
     from lem.results.writer import write_resolved_config
@@ -67,19 +76,90 @@ def _task(cfg: Any) -> float | None:
     try:
         write_resolved_config(cfg, run_dir)  # the composed config stays here: jobs get the validated LemConfig
         summary = execute_job(lem_cfg, run_dir)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM: what was measured stays, marked interrupted
+        raise _interrupted(interrupt, lem_cfg, cfg, run_dir) from None
+    except JobFailed as error:  # timed out, or the disk is full: one line, not a traceback of lem's waiting loop
+        log_finished_job(lem_cfg, cfg, run_dir, error_text=f"{error}\n{_stacks(run_dir)}")
+        drop_empty_file(run_dir / "error.txt")
+        if not multirun:
+            print(f"lem: error: {error}", file=sys.stderr)
+            sys.exit(error.exit_code)
+        return _job_failed(run_dir, f"{error}")
     except LemError as error:
         log_finished_job(lem_cfg, cfg, run_dir, error_text=traceback.format_exc())
+        drop_empty_file(run_dir / "error.txt")
         if not multirun:
             print(f"lem: error: {error}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         return _job_failed(run_dir, f"{error}")
     except Exception as error:  # noqa: BLE001 - a crashed job: recorded as FAILED, the sweep goes on
         log_finished_job(lem_cfg, cfg, run_dir, error_text=traceback.format_exc())
+        drop_empty_file(run_dir / "error.txt")
         if not multirun:
             raise
         return _job_failed(run_dir, f"{type(error).__name__}: {error} (traceback in {run_dir / 'error.txt'})")
     log_finished_job(lem_cfg, cfg, run_dir)
     return objective(summary)
+
+
+def _interrupted(interrupt: KeyboardInterrupt, lem_cfg: Any, cfg: Any, run_dir: Path) -> BaseException:
+    """Note the interruption in the run's folder and log it (KILLED, not FAILED); the exception to re-raise."""
+    from lem.launch.faults import as_interrupted, phase_of, write_interrupt_note
+    from lem.tracking.job import log_finished_job
+
+    exc = as_interrupted(interrupt)
+    exc.run_dir, exc.phase = run_dir, phase_of(run_dir)
+    write_interrupt_note(run_dir, exc)
+    try:
+        log_finished_job(lem_cfg, cfg, run_dir)
+    except Exception:  # noqa: BLE001 - tracking must not hide the interruption; `lem sync` logs it later
+        pass
+    return exc
+
+
+def _stacks(run_dir: Path) -> str:
+    from lem.launch.faults import HANG_TRACEBACK_FILE
+
+    try:
+        text = (run_dir / HANG_TRACEBACK_FILE).read_text(errors="replace")
+    except OSError:
+        return ""
+    return f"\nthe engine worker's stacks at the deadline:\n{text}" if text.strip() else ""
+
+
+def _report_interrupt(exc: KeyboardInterrupt) -> None:
+    """One line for Ctrl-C or SIGTERM, then exit 128 + the signal (130, 143)."""
+    from lem.launch.faults import as_interrupted, signal_name
+
+    interrupted = as_interrupted(exc)
+    run_dir, phase = interrupted.run_dir, interrupted.phase
+    if run_dir is None:
+        where = "before any job started; nothing was measured"
+    else:
+        job = f"job {run_dir.name} ({phase})" if _in_sweep(run_dir) else phase
+        where = f"during {job}; what was measured is kept in {run_dir} (see interrupted.txt)"
+    print(f"lem: interrupted ({signal_name(interrupted)}) {where}", file=sys.stderr, flush=True)
+    sys.exit(128 + interrupted.signum)
+
+
+def _in_sweep(run_dir: Path) -> bool:
+    from lem.session import current
+
+    return current().jobs_started > 1 or run_dir.name.isdigit()
+
+
+def _end_of_sweep(session: Any) -> None:
+    """Exit status of a sweep whose jobs were refused (2 when none ran, 1 when some did) or failed (1)."""
+    refused = {job for job, _ in session.refused_jobs}
+    failed = [job for job in session.failed_jobs if job not in refused]
+    if session.refused_jobs:
+        print(f"lem: error: {session.refusals_line()}", file=sys.stderr)
+    if failed:
+        print(f"lem: {len(failed)} job(s) of the sweep failed: {', '.join(failed)}", file=sys.stderr)
+    if session.refused_jobs:
+        sys.exit(EXIT_USER_ERROR if len(refused) >= session.jobs_started else 1)
+    if failed or session.failure_stops:  # failure_stops: an Optuna study resumed past its failure budget
+        sys.exit(1)
 
 
 def objective(summary: dict[str, Any]) -> float | None:
@@ -103,9 +183,14 @@ def _discard_empty_run_dir(run_dir: Path) -> None:
 
     if not run_dir.is_dir():
         return
-    leftovers = [p for p in run_dir.iterdir() if p.name not in (".hydra", "resolved_config.yaml") and p.suffix != ".log"]
+    from lem.tracking.job import JOB_PARENT_FILE
+
+    leftovers = [p for p in run_dir.iterdir() if p.name not in (".hydra", "resolved_config.yaml", JOB_PARENT_FILE) and p.suffix != ".log"]
     if not leftovers:
+        from lem.launch.run_dir import discard_if_empty
+
         shutil.rmtree(run_dir, ignore_errors=True)
+        discard_if_empty(run_dir)  # the date folder and outputs/ when this run made them
 
 
 def _as_user_error(exc: BaseException) -> Exception:
@@ -142,26 +227,33 @@ def run(args: list[str]) -> None:
 
     from lem.config.schema import register_schema
     from lem.errors import LemError
+    from lem.launch.faults import install_signal_handlers
+    from lem.launch.run_dir import register_resolver
     from lem.session import current
 
+    install_signal_handlers()  # SIGTERM (timeout, SLURM, docker stop) ends a run like Ctrl-C does
     register_schema()
+    register_resolver()  # ${lem.claim:...}: each run's output folder is its own
     sys.argv = [sys.argv[0], *args]  # what Hydra parses (``run`` itself is not an override)
     entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)
     session = current()
     try:
         entry()
-        if session.failed_jobs:  # jobs that failed while the sweep went on, Optuna trials refused by validation included
-            print(f"lem: {len(session.failed_jobs)} job(s) of the sweep failed: {', '.join(session.failed_jobs)}", file=sys.stderr)
-            sys.exit(1)
-        if session.failure_stops:  # an Optuna study resumed past its failure budget
-            sys.exit(1)
+        _end_of_sweep(session)  # jobs that failed or were refused while the sweep went on, Optuna trials included
+    except KeyboardInterrupt as exc:
+        _report_interrupt(exc)
     except LemError as exc:
+        if session.refused_jobs:  # a refused job ended Hydra's sweep: name every refusal, not only the first
+            _end_of_sweep(session)
         print(f"lem: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except Exception as exc:
         from lem.config.hydra_errors import describe_config_exception
 
         message = describe_config_exception(exc, CONF_DIR, sys.argv[1:])
+        if message is None and isinstance(exc, OSError) and exc.errno is not None:
+            # Hydra writing a run folder's .hydra/ or log on a full or read-only disk
+            message = f"cannot write {exc.filename or 'the run folder'}: {exc.strerror or exc}"
         if message is None:
             raise
         print(f"lem: error: {message}", file=sys.stderr)

@@ -19,6 +19,13 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "lem"
 
 
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 less this process's umask."""
+    mask = os.umask(0o022)  # reading the umask means setting it; set back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: Path, data: Mapping[str, Any], *, indent: int | None = None) -> None:
     """Write ``data`` as JSON through a temporary file renamed into place: readers never see half a file.
 
@@ -27,6 +34,7 @@ def write_json_atomic(path: Path, data: Mapping[str, Any], *, indent: int | None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes it 0600; a written file is 0644 under umask 022
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=indent)
         os.replace(tmp, path)

@@ -198,6 +198,7 @@ class RequestRecord:
     finish_reason: str  # "stop" (EOS) | "length" (hit max_output_tokens)
     padded_input_tokens: int | None = None  # input length the engine actually processed, padding included
     cycle: int = 0  # which measured cycle served it (cycles > 1 repeat every request)
+    truncated: bool = False  # dataset.max_input_tokens cut its prompt (lem.workload.prepare)
     kind: str = "request"
 
 

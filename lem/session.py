@@ -33,10 +33,26 @@ class Session:
     engine_pool: Any = None  # lem.launch.pool.EnginePool of inline jobs, made on first use
     workers: Any = None  # lem.launch.job.WorkerManager, made on first use
     tracking: TrackingState = field(default_factory=TrackingState)
+    # Output folders this process made (lem.launch.run_dir): "kind:pattern" -> the folder claimed.
+    claimed_dirs: dict[str, str] = field(default_factory=dict)
+    # Jobs of this process's sweep that reached the task function, and those refused by validation (job, reason).
+    jobs_started: int = 0
+    refused_jobs: list[tuple[str, str]] = field(default_factory=list)
 
     def record_failed_job(self, job: str) -> None:
         if job not in self.failed_jobs:
             self.failed_jobs.append(job)
+
+    def refusals_line(self) -> str | None:
+        """``N of M jobs refused: reason (jobs a, b); other reason (job c)``, each distinct reason once; None when none was."""
+        if not self.refused_jobs:
+            return None
+        by_reason: dict[str, list[str]] = {}
+        for job, reason in self.refused_jobs:
+            by_reason.setdefault(reason, []).append(job)
+        n, m = len(self.refused_jobs), max(self.jobs_started, len(self.refused_jobs))
+        reasons = "; ".join(f"{reason} (job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)})" for reason, jobs in by_reason.items())
+        return f"{n} of {m} jobs refused: {reasons}"
 
 
 _current: Session | None = None  # the one module global: which Session is this process's

@@ -8,7 +8,11 @@ checks live beside its config (``lem.backends.<engine>.config``) and run from
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 import os
+from typing import Any
 
 from lem.backends.registry import ENGINES, scheduling
 from lem.config.rules import (
@@ -31,11 +35,45 @@ from lem.config.types import (
 )
 from lem.errors import ConfigError
 
+log = logging.getLogger(__name__)
 
-def validate(cfg: LemConfig) -> None:
-    """Check the whole config; raise ConfigError on the first problem."""
-    for check in (check_dataset, check_batching, check_decoder, check_traffic, check_sharding, check_energy, check_run, check_backend, check_precision, check_model):
+
+def validate(cfg: LemConfig) -> list[str]:
+    """Check the whole config; raise ConfigError on the first problem.
+
+    Then read what the config points at (the prompt file, the model's config.json: ``lem.config.inputs``).
+    Returns the warnings about settings that run but may surprise (also logged, once each).
+    """
+    from lem.config.inputs import check_inputs
+
+    for check in (check_numbers, check_dataset, check_batching, check_decoder, check_traffic, check_sharding, check_energy, check_run, check_backend, check_precision, check_model):
         check(cfg)
+    warnings = check_inputs(cfg)
+    for warning in warnings:
+        log.warning(warning)
+    return warnings
+
+
+def check_numbers(cfg: LemConfig) -> None:
+    """No nan or ±inf anywhere (an engine's passthrough arguments included): no key means one."""
+    for key, value in _leaves(cfg, ""):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(key, value, "a finite number")
+
+
+def _leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
+    if dataclasses.is_dataclass(node):
+        items = [(f.name, getattr(node, f.name)) for f in dataclasses.fields(node)]
+    elif isinstance(node, dict):
+        items = [(str(k), v) for k, v in node.items()]
+    elif isinstance(node, (list, tuple)):
+        items = [(f"[{i}]", v) for i, v in enumerate(node)]
+    else:
+        return [(prefix, node)]
+    found: list[tuple[str, Any]] = []
+    for name, value in items:
+        found += _leaves(value, f"{prefix}{name}" if name.startswith("[") or not prefix else f"{prefix}.{name}")
+    return found
 
 
 def check_dataset(cfg: LemConfig) -> None:
@@ -143,6 +181,8 @@ def check_run(cfg: LemConfig) -> None:
     at_least("run.cycle_cooldown_s", r.cycle_cooldown_s, 0)
     at_least("run.warmup_batches", r.warmup_batches, 0)
     at_least("run.warmup_max_output_tokens", r.warmup_max_output_tokens, 1)
+    if r.job_timeout_s is not None:
+        in_range("run.job_timeout_s", r.job_timeout_s, 0.0, 30 * 86_400.0, low_open=True)
 
 
 def check_backend(cfg: LemConfig) -> None:

@@ -19,7 +19,12 @@ def describe_config_exception(exc: BaseException, conf_dir: Path, argv: Sequence
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from lem.config.yaml_origin import yaml_syntax_error
+
     chain = _exception_chain(exc)
+    syntax = yaml_syntax_error(chain)
+    if syntax is not None:
+        return syntax
     if not any(isinstance(e, (HydraException, OmegaConfBaseException)) for e in chain):
         return None
     text = " ".join(str(e) for e in chain)
@@ -31,7 +36,7 @@ def describe_config_exception(exc: BaseException, conf_dir: Path, argv: Sequence
 
     omega = next((e for e in chain if isinstance(e, OmegaConfBaseException)), None)
     if omega is not None:
-        return _describe_omegaconf(omega, argv)
+        return _describe_omegaconf(omega, argv, _file_of(text, conf_dir, argv))
 
     no_match = re.search(r"Could not override '([^']+)'", text)
     if no_match:
@@ -50,7 +55,15 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _describe_omegaconf(err: Any, argv: Sequence[str]) -> str:
+def _file_of(text: str, conf_dir: Path, argv: Sequence[str]) -> Path | None:
+    """The config file Hydra was merging when it failed ("In 'experiment/quick': ..."), if any."""
+    from lem.config.yaml_origin import config_dirs, option_file
+
+    merging = re.search(r"In '([\w/.\-]+)'", text)
+    return option_file(merging.group(1), config_dirs(conf_dir, argv)) if merging else None
+
+
+def _describe_omegaconf(err: Any, argv: Sequence[str], source: Path | None = None) -> str:
     from omegaconf.errors import (
         ConfigAttributeError,
         ConfigKeyError,
@@ -58,9 +71,14 @@ def _describe_omegaconf(err: Any, argv: Sequence[str]) -> str:
         ValidationError,
     )
 
+    from lem.config.yaml_origin import where
+
     full_key = str(getattr(err, "full_key", "") or "")
     msg = str(getattr(err, "msg", "") or str(err)).splitlines()[0]
     value = _value_in_argv(full_key, argv)
+    if value == "?" and source is not None:  # the value came from a config file: show it, and where it is
+        found = re.search(r"Value '(.*?)' (of type|is not)", msg)
+        value = f"{found.group(1) if found else '?'} (in {where(source, full_key)})"
 
     if isinstance(err, MissingMandatoryValue):
         return f"{full_key}=???: a value is required, e.g. {full_key}=..."

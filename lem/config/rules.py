@@ -7,6 +7,7 @@ imported only where a config asks about CUDA.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from typing import Any
 
@@ -15,15 +16,24 @@ from lem.errors import ConfigError
 
 
 def at_least(key: str, value: float | int | None, minimum: float | int) -> None:
-    if value is None or value < minimum:
-        raise ConfigError(key, value, f"a number >= {minimum}")
+    if value is None or not _finite(value) or value < minimum:
+        raise ConfigError(key, value, f"a {_finite_word(value)}number >= {minimum}")
 
 
 def in_range(key: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
-    ok = (low < value if low_open else low <= value) and value <= high
+    ok = _finite(value) and (low < value if low_open else low <= value) and value <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise ConfigError(key, value, f"a number in {bracket}{low}, {high}]")
+        raise ConfigError(key, value, f"a {_finite_word(value)}number in {bracket}{low}, {high}]")
+
+
+def _finite(value: float | int) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _finite_word(value: float | int | None) -> str:
+    """'finite ' when the value is nan or ±inf, which pass no comparison a user would mean."""
+    return "" if value is None or _finite(value) else "finite "
 
 
 def require_package(key: str, value: Any, module: str, install: str) -> None:

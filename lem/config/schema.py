@@ -191,6 +191,9 @@ class RunConfig:
     # share a GPU, whatever launcher or shell started them; a job waits while its GPUs are taken.
     gpu_lease: bool = True
     gpu_lease_timeout_s: float | None = None  # None: wait as long as it takes
+    # A job still running after this many seconds in its engine worker (imports, model load and generation
+    # included) fails: the worker's process group is killed and error.txt names the phase it hung in. None: no limit.
+    job_timeout_s: float | None = None
 
 
 @dataclass
@@ -217,6 +220,9 @@ def register_schema() -> None:
     """Register the schema (``conf/config.yaml`` names it first) and one ``backend`` option per engine."""
     from hydra.core.config_store import ConfigStore
 
+    from lem.config.presets import register_resolvers
+
+    register_resolvers()
     store = ConfigStore.instance()
     store.store(name="lem_schema", node=LemConfig)
     for name in ENGINES:
@@ -227,6 +233,9 @@ def to_dataclass(cfg: Any) -> LemConfig:
     """Turn a composed DictConfig into the typed ``LemConfig`` (enums included)."""
     from omegaconf import DictConfig, OmegaConf
 
+    from lem.config.presets import register_resolvers
+
+    register_resolvers()  # a launcher's worker process may resolve a config composed elsewhere
     # Through a plain container: drops Hydra's open-dict flags (so a ``+key`` is still
     # checked against the schema) and raises on a ``???`` left unset.
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig) else cfg

@@ -84,13 +84,61 @@ def check(config: Any, gpus_visible: int | None = None) -> str | None:
     )
 
 
+def run_refusal(config: Any) -> str | None:
+    """Why a single run (no ``-m``) must not start: a search without ``-m``, or an output folder it may not write."""
+    choices = _get(_get(_get(config, "hydra"), "runtime"), "choices")
+    search = _get(choices, "hparams_search")
+    if search not in (None, "null"):
+        return (
+            f"hparams_search={search} is a sweep: add -m (python -m lem -m hparams_search={search} ...); "
+            "without it lem would run one plain run"
+        )
+    return _output_refusal(config, "run")
+
+
+def _output_refusal(config: Any, kind: str) -> str | None:
+    from lem.launch.run_dir import check_run_dir
+
+    key = f"hydra.{kind}.dir"
+    try:
+        path = str(config.hydra[kind].dir)  # resolving claims a fresh folder (lem.launch.run_dir)
+    except Exception as exc:  # noqa: BLE001 - the claim itself failed: say why in one line
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        why = (cause.strerror or str(cause)) if isinstance(cause, OSError) else str(exc).splitlines()[0]
+        where = f" ({cause.filename})" if isinstance(cause, OSError) and cause.filename else ""
+        return f"{key}: cannot make the output folder{where}: {why}"
+    return check_run_dir(path, key, may_hold_results=(kind == "sweep"))
+
+
+def _refuse(message: str) -> None:
+    # Hydra turns a callback's exception into a warning and goes on: exit before any job starts.
+    print(f"lem: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 class ParallelLaunchGuard(Callback):
+    """Also refuses, before anything loads, a run or sweep whose output folder lem may not write."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        reason = run_refusal(config)
+        if reason:
+            from lem.launch.run_dir import discard_if_empty
+
+            try:
+                discard_if_empty(str(config.hydra.run.dir))
+            except Exception:  # noqa: BLE001 - no folder to tidy
+                pass
+            _refuse(reason)
+
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         try:
             warning = check(config)
         except LemError as exc:
-            # Hydra turns a callback's exception into a warning and goes on: exit before any job starts.
-            print(f"lem: error: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            _refuse(str(exc))
+        reason = _output_refusal(config, "sweep")
+        if reason:
+            _refuse(reason)
         if warning:
             print(warning, file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ from lem.config.schema import LemConfig
 from lem.config.types import Isolation
 from lem.errors import LemError
 from lem.launch import spawn
+from lem.launch.faults import JobTimedOut, OutputWriteFailed
 from lem.launch.gpu_lease import lease_for
 from lem.launch.pool import EnginePool, engine_key
 from lem.session import current
@@ -85,6 +86,16 @@ class WorkerDied(LemError):
     """The engine worker process ended in the middle of a job (crash, kill, out of memory)."""
 
 
+HANG_DUMP_GRACE_S = 2.0
+INTERRUPT_GRACE_S = 5.0  # docker stop waits 10 s before its SIGKILL
+
+
+def job_timeout_s(cfg: LemConfig) -> float | None:
+    """``run.job_timeout_s``: how long one job may take in its engine worker (None: no limit)."""
+    value = getattr(cfg.run, "job_timeout_s", None)
+    return float(value) if value is not None and float(value) > 0 else None
+
+
 class EngineWorker:
     """One spawned process serving jobs sent to it, one at a time."""
 
@@ -109,9 +120,17 @@ class EngineWorker:
         return self.process.is_alive()
 
     def run_job(self, cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
-        """Send one job and wait for its summary; raise LemError/RuntimeError/WorkerDied on failure."""
+        """Send one job and wait for its summary; raise LemError/RuntimeError/WorkerDied on failure.
+
+        A job still running ``run.job_timeout_s`` after it was sent raises JobTimedOut: its worker is stuck.
+        """
+        import time
+
         self.engine_key = engine_key(cfg)
         self.n_jobs += 1
+        timeout_s = job_timeout_s(cfg)
+        # The worker dumps its stacks at the deadline; the launcher waits a moment longer for them.
+        deadline = time.monotonic() + timeout_s + HANG_DUMP_GRACE_S if timeout_s is not None else None
         try:
             self._conn.send(("job", cfg, str(run_dir)))
         except (BrokenPipeError, OSError) as exc:
@@ -126,9 +145,26 @@ class EngineWorker:
                     return payload
                 if kind == "user_error":
                     raise LemError(payload)
+                if kind == "job_failed":
+                    raise OutputWriteFailed(payload)
                 raise RuntimeError(f"engine worker failed:\n{payload}")
             if not self.process.is_alive():
                 self._raise_died()
+            if deadline is not None and time.monotonic() > deadline:
+                self._raise_timed_out(run_dir, timeout_s)
+
+    def _raise_timed_out(self, run_dir: Path, timeout_s: float | None) -> None:
+        from lem.launch.faults import HANG_TRACEBACK_FILE, kept, phase_of
+
+        phase = phase_of(run_dir)
+        self.kill_group()  # the worker and whatever the engine started: nothing of a hung job lives on
+        self.process.join(timeout=5)
+        stacks = run_dir / HANG_TRACEBACK_FILE
+        where = f"; the worker's stacks are in {stacks}" if stacks.is_file() and stacks.stat().st_size else ""
+        raise JobTimedOut(
+            f"the job timed out after {timeout_s:g} s (run.job_timeout_s) during {phase}: its engine worker "
+            f"(pid {self.pid}) was stopped; kept: {kept(run_dir)}{where}"
+        )
 
     def _raise_died(self) -> None:
         self.process.join(timeout=5)
@@ -169,8 +205,10 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
         os.setpgid(0, 0)  # a process group of its own: the launcher can end everything the engine starts
     except OSError:
         pass
+    from lem.launch.faults import inject_test_fault
     from lem.pipeline import run_measurement
 
+    inject_test_fault()  # LEM_TEST_FAULT, set only by lem's tests
     pool = EnginePool()
     while True:
         try:
@@ -180,15 +218,55 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
         if kind == "stop":
             pool.clear()
             break
+        stacks = _dump_stacks_at_deadline(cfg, Path(run_dir))
         try:
             summary = run_measurement(cfg, Path(run_dir), engines=pool)
         except LemError as exc:
             conn.send(("user_error", str(exc)))
             continue
+        except OSError as exc:
+            from lem.launch.faults import disk_error_message
+
+            message = disk_error_message(exc, Path(run_dir))
+            conn.send(("job_failed", message) if message else ("error", traceback.format_exc()))
+            continue
         except BaseException:  # noqa: BLE001 - reported to the launcher, which ends this worker
             conn.send(("error", traceback.format_exc()))
             continue
+        finally:
+            _cancel_stack_dump(stacks)
         conn.send(("ok", summary))
+
+
+def _dump_stacks_at_deadline(cfg: LemConfig, run_dir: Path) -> Any:
+    """With ``run.job_timeout_s``, have the worker write its threads' stacks to the run folder at the
+    deadline (Python's faulthandler, which works while the main thread is stuck); None without a limit."""
+    import faulthandler
+
+    from lem.launch.faults import HANG_TRACEBACK_FILE
+
+    timeout_s = job_timeout_s(cfg)
+    if timeout_s is None:
+        return None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        f = (run_dir / HANG_TRACEBACK_FILE).open("w")
+    except OSError:
+        return None
+    faulthandler.dump_traceback_later(timeout_s, exit=False, file=f)
+    return f
+
+
+def _cancel_stack_dump(f: Any) -> None:
+    if f is None:
+        return
+    import faulthandler
+
+    from lem.launch.faults import drop_empty_file
+
+    faulthandler.cancel_dump_traceback_later()
+    f.close()
+    drop_empty_file(Path(f.name))
 
 
 class WorkerManager:
@@ -215,18 +293,19 @@ class WorkerManager:
         try:
             return self.worker.run_job(cfg, run_dir)
         except KeyboardInterrupt:
-            # The worker's own process group does not get the terminal's Ctrl-C: pass it on, so the job
-            # and the engine's processes stop as they would in the foreground.
+            # The worker's own process group does not get the terminal's Ctrl-C (nor a SIGTERM sent to
+            # lem): pass SIGINT on, so the job and the engine's processes stop as they would in the
+            # foreground and the worker closes its raw file; what does not stop soon is killed.
             self.worker.kill_group(signal.SIGINT)
-            self.stop()
+            self.stop(timeout_s=INTERRUPT_GRACE_S)
             raise
         except BaseException:
             self.stop()  # a failed job may leave the engine or the device in a bad state: never reuse it
             raise
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
         if self.worker is not None:
-            self.worker.close()
+            self.worker.close(timeout_s)
             self.worker = None
         if self.lease is not None:
             self.lease.release()

@@ -125,7 +125,8 @@ def _tokens(out: list[str], n_requests: int | None, tok: Mapping[str, Any]) -> N
     out.append("")
     out.append("tokens")
     _kv(out, "requests", fmt_num(n_requests))
-    _kv(out, "input tokens", f"{fmt_num(tok.get('input_tokens'))} (mean {fmt_num(tok.get('mean_input_tokens'))})")
+    truncated = f", {tok['truncated_prompts']} prompts cut to max_input_tokens" if tok.get("truncated_prompts") else ""
+    _kv(out, "input tokens", f"{fmt_num(tok.get('input_tokens'))} (mean {fmt_num(tok.get('mean_input_tokens'))}{truncated})")
     _kv(out, "output tokens", f"{fmt_num(tok.get('output_tokens'))} (mean {fmt_num(tok.get('mean_output_tokens'))})")
     reasons = tok.get("finish_reasons") or {}
     if reasons:

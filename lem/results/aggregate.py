@@ -55,6 +55,9 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
         )
     if not requests:
         warnings.append("no request records: nothing was generated in the measured window")
+    if tokens["truncated_prompts"]:
+        n_prompts = len({r["request_id"] for r in requests})
+        warnings.append(f"{tokens['truncated_prompts']} of {n_prompts} prompts were cut to dataset.max_input_tokens")
 
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
@@ -135,7 +138,9 @@ def _tokens_section(requests: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(requests)
     n_in = sum(int(r["input_tokens"]) for r in requests)
     n_out = sum(int(r["output_tokens"]) for r in requests)
+    truncated = {r["request_id"] for r in requests if r.get("truncated")}
     return {
+        "truncated_prompts": len(truncated),  # distinct prompts cut to dataset.max_input_tokens
         "input_tokens": n_in,
         "output_tokens": n_out,
         "total_tokens": n_in + n_out,

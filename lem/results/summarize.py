@@ -20,8 +20,8 @@ from lem.results.reader import read_run
 from lem.results.writer import write_json_atomic
 
 SUMMARY_FILE = "summary.json"
-# Hydra's own copy first; the pipeline's resolved copy when Hydra's is missing (e.g. copied runs).
-CONFIG_FILES: tuple[str, ...] = (".hydra/config.yaml", "resolved_config.yaml")
+# The copy resolved at run time first; Hydra's own (interpolations as written) when it is missing.
+CONFIG_FILES: tuple[str, ...] = ("resolved_config.yaml", ".hydra/config.yaml")
 
 
 def load_config(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -42,10 +42,8 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         cfg = OmegaConf.load(path)
     except Exception as e:  # noqa: BLE001 - any parse failure is the same user problem
         raise LemError(f"cannot read config {path}: {e}") from None
-    try:
-        data = OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # noqa: BLE001 - ${hydra:...} interpolations only resolve inside a Hydra run
-        data = OmegaConf.to_container(cfg, resolve=False)
+    # Never resolved here: ${oc.env:...} would read the environment of whoever summarizes, not the run's.
+    data = OmegaConf.to_container(cfg, resolve=False)
     if not isinstance(data, dict):
         raise LemError(f"config {path} is not a mapping")
     return {str(k): v for k, v in data.items()}

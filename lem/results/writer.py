@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from lem.errors import LemError
+from lem.files import default_file_mode
 from lem.records import to_json_dict
 
 
@@ -103,6 +104,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     text = json.dumps(obj, allow_nan=False, indent=2, ensure_ascii=False) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes it 0600: teammates on a shared folder must read it
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -130,8 +132,38 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def write_resolved_config(composed_cfg: Any, run_dir: Path) -> None:
-    """``resolved_config.yaml``: the config the run used, interpolations resolved (read by summarize and tracking)."""
+    """``resolved_config.yaml``: the config the run used, interpolations resolved (read by summarize and tracking).
+
+    Credentials in URIs (a tracking or storage URI with a password) are kept out of the run folder:
+    this file is written redacted, and the copies Hydra wrote before the job started
+    (``.hydra/*.yaml``, the sweep's ``multirun.yaml``) are rewritten redacted.
+    """
     from omegaconf import OmegaConf
 
+    from lem.redact import redact
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(composed_cfg, resolve=True))
+    (run_dir / "resolved_config.yaml").write_text(redact(OmegaConf.to_yaml(composed_cfg, resolve=True)))
+    scrub_credentials([*sorted((run_dir / ".hydra").glob("*.yaml")), run_dir.parent / "multirun.yaml"])
+
+
+def scrub_credentials(paths: list[Path]) -> None:
+    """Rewrite each existing text file with credential-bearing URIs redacted (atomically, mode kept)."""
+    from lem.redact import redact
+
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        clean = redact(text)
+        if clean == text:
+            continue
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, path.stat().st_mode & 0o777)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(clean)
+            os.replace(tmp, path)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from lem.errors import LemError
 from lem.plain import plain
+from lem.redact import redact
 from lem.search.settings import (
     J_PER_TOKEN,
     LIMIT_KEYS,
@@ -23,7 +24,6 @@ from lem.search.settings import (
     StudySettings,
     TrialOutcome,
 )
-from lem.search.storage import redact
 from lem.search.study import outcome_from_run_dir
 from lem.session import current
 
@@ -182,6 +182,7 @@ def run_hydra_study(options: Mapping[str, Any], config: Any, launcher: Any, argu
         fail_parent(target, parent_run_id, str(exc))
         raise
     link = MlflowLink(target, parent_run_id, settings.study_name)
+    _log_interrupted(study, target, sweep_dir_of(config), settings.study_name)
     print(
         f"lem: Optuna study {settings.study_name!r} in {redact(settings.storage)}: "
         f"{len(study.trials)} trial(s) so far, n_trials={settings.n_trials}",
@@ -197,6 +198,24 @@ def run_hydra_study(options: Mapping[str, Any], config: Any, launcher: Any, argu
     if result.stopped and "max_failure_rate" in result.stopped:
         current().failure_stops.append(result.stopped)  # the command ends non-zero
         print(f"lem: {result.stopped}", file=sys.stderr, flush=True)
+
+
+def _log_interrupted(study: Any, target: Any, sweep_dir: Path, study_name: str) -> None:
+    """Trials an earlier, killed session left behind: logged under that session's parent, which is closed."""
+    from lem.search.resume import log_interrupted_trials
+    from lem.tracking.store import TrackingUnavailable, error_line, warn_unavailable
+
+    try:
+        numbers = log_interrupted_trials(study, target, sweep_dir, study_name)
+    except TrackingUnavailable as exc:
+        warn_unavailable(target, str(exc), sweep_dir)
+        return
+    except Exception as exc:  # noqa: BLE001 - tracking never stops a study
+        print(f"lem: warning: could not log the interrupted trials to MLflow ({redact(error_line(exc))}); the study goes on",
+              file=sys.stderr, flush=True)
+        return
+    if numbers:
+        print(f"lem: interrupted trial(s) {', '.join(map(str, numbers))} of an earlier session logged to MLflow", flush=True)
 
 
 def _refuse_foreign_job_dirs(sweep_dir: Path, n_trials_in_study: int) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lem.redact import redact
 from lem.search.settings import (
     ATTR_DUPLICATE_OF,
     ATTR_ERROR,
@@ -29,7 +30,6 @@ from lem.search.settings import (
     SHORT_NAMES,
     StudySettings,
 )
-from lem.search.storage import redact
 from lem.search.study import format_metric, is_feasible
 
 TRIAL_NUMBER_TAG = "lem.optuna.trial_number"
@@ -242,10 +242,13 @@ class MlflowLink:
         return connect(self.target)
 
     def _warn(self, what: str, exc: BaseException) -> None:
-        from lem.tracking.store import error_line
+        from lem.tracking.store import TrackingUnavailable, error_line, warn_unavailable
 
-        print(f"lem: warning: could not {what} in MLflow ({error_line(exc)}); the study goes on", file=sys.stderr, flush=True)
         self.enabled = False
+        if isinstance(exc, TrackingUnavailable):  # one line for the whole process, naming how to sync later
+            warn_unavailable(self.target, str(exc), None)
+            return
+        print(f"lem: warning: could not {what} in MLflow ({redact(error_line(exc))}); the study goes on", file=sys.stderr, flush=True)
 
     def link_trial(self, number: int, outcome: Any, overrides: Sequence[str], job_dir: Path | None = None) -> None:
         """Find the trial's child run by its run folder and tag it; a trial refused before it ran gets a FAILED run.

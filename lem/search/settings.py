@@ -29,6 +29,7 @@ ATTR_DUPLICATE_OF = "lem.duplicate_of"
 ATTR_INTERRUPTED = "lem.interrupted"
 ATTR_SKIPPED = "lem.skipped"
 ATTR_WORKER = "lem.worker"
+ATTR_PARENT = "lem.mlflow_parent"  # {"run_id", "sweep_id"}: the sweep parent run of the session that asked the trial
 ATTR_OVERRIDES = "lem.overrides"
 ATTR_CONSTRAINTS = "lem.constraints"
 ATTR_MLFLOW_RUN_ID = "mlflow_run_id"

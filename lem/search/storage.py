@@ -11,21 +11,28 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import re
 import socket
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from lem.errors import LemError
+from lem.redact import redact
 from lem.search.settings import (
     ATTR_CONSTRAINTS,
     ATTR_INTERRUPTED,
+    ATTR_PARENT,
     ATTR_WORKER,
     STUDY_ATTR_IDENTITY,
     StudySettings,
 )
-from lem.tracking.store import error_line, sqlite_path
+from lem.tracking.store import (
+    ENV_PARENT_RUN_ID,
+    ENV_SWEEP_ID,
+    error_line,
+    first_use_lock,
+    sqlite_path,
+)
 
 # --- the sampler -------------------------------------------------------------------------------
 
@@ -81,11 +88,6 @@ def _has_set_constraint() -> bool:
 
 
 # --- opening the study -------------------------------------------------------------------------
-
-
-def redact(url: str) -> str:
-    """A storage URL with its password hidden (it goes into logs and MLflow)."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def open_study(settings: StudySettings, sampler_cfg: Mapping[str, Any] | None, distributions: Mapping[str, Any]) -> Any:
@@ -148,7 +150,8 @@ def _open_storage(url: str, attempts: int = 6) -> Any:
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            with first_use_lock(url):  # a new SQLite database: one process creates its tables
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         except Exception as exc:  # noqa: BLE001 - a wrong URL, a missing driver, a server that does not answer
             racing = type(exc).__name__ in ("IntegrityError", "OperationalError") and attempt < attempts - 1
             if not racing:
@@ -165,6 +168,15 @@ def _ensure_sqlite_dir(url: str) -> None:
 
 def _worker() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _trial_attrs() -> dict[str, Any]:
+    """What a new trial records from the start: this process, and the MLflow sweep parent it is logged under."""
+    attrs: dict[str, Any] = {ATTR_WORKER: _worker()}
+    parent = os.environ.get(ENV_PARENT_RUN_ID)
+    if parent:
+        attrs[ATTR_PARENT] = {"run_id": parent, "sweep_id": os.environ.get(ENV_SWEEP_ID)}
+    return attrs
 
 
 def _pid_alive(pid: int) -> bool:
@@ -209,15 +221,16 @@ def _ask(study: Any, distributions: Mapping[str, Any]) -> Any:
     """
     import optuna
 
-    me = _worker()
+    attrs = _trial_attrs()
     storage, study_id = getattr(study, "_storage", None), getattr(study, "_study_id", None)
     local = getattr(study, "_thread_local", None)
     if storage is None or study_id is None or not hasattr(local, "cached_all_trials"):
         trial = study.ask(fixed_distributions=dict(distributions))  # an Optuna without that path
-        trial.set_user_attr(ATTR_WORKER, me)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
         return trial
     local.cached_all_trials = None  # what ``ask`` does: the sampler sees every trial so far
-    template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs={ATTR_WORKER: me})
+    template = optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING, user_attrs=attrs)
     trial = optuna.trial.Trial(study, storage.create_new_trial(study_id, template_trial=template))
     for name, distribution in distributions.items():
         _suggest(trial, name, distribution)

@@ -35,8 +35,37 @@ def _sweep_dir(config: Any) -> Path | None:
         return None
 
 
+def install_log_redaction() -> None:
+    """Every log record of this process gets credential-bearing URIs hidden (Hydra's launcher logs
+    each job's overrides, a tracking URI with its password among them)."""
+    import logging
+
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "lem_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record: logging reports it itself
+            return record
+        if "://" in message or "=" in message:
+            from lem.redact import redact
+
+            clean = redact(message)
+            if clean != message:
+                record.msg, record.args = clean, None
+        return record
+
+    factory.lem_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 class LemMlflowCallback(Callback):
     def __init__(self) -> None:
+        install_log_redaction()
+        self.sweep_dir: Path | None = None
         self.parent_run_id: str | None = None
         self.target: Any = None
         self.sweep_id: str | None = None
@@ -55,7 +84,7 @@ class LemMlflowCallback(Callback):
             return
         if self.target is None:
             return
-        sweep_dir = _sweep_dir(config)
+        sweep_dir = self.sweep_dir = _sweep_dir(config)
         inherited = os.environ.get(ENV_PARENT_RUN_ID)
         if inherited:  # a sweep launched inside another (e.g. an Optuna study driver): nest under it
             self.sweep_id = os.environ.get(ENV_SWEEP_ID)
@@ -76,9 +105,22 @@ class LemMlflowCallback(Callback):
             self._env_before[key] = os.environ.get(key)
             os.environ[key] = value
         if sweep_dir is not None:
-            write_sweep_file(sweep_dir, {"parent_run_id": self.parent_run_id, "sweep_id": self.sweep_id, "tracking_uri": self.target.uri})
+            from lem.redact import redact
+
+            write_sweep_file(sweep_dir, {"parent_run_id": self.parent_run_id, "sweep_id": self.sweep_id, "tracking_uri": redact(self.target.uri)})
         # Hydra skips on_multirun_end when a job's exception ends the sweep (or on Ctrl-C): close the parent at exit.
         atexit.register(self._finalize_at_exit)
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        """Each job folder names the sweep parent it belongs to: a later sync files it there, even
+        when another session of the sweep (a resumed study) has since written a new parent into
+        the sweep folder."""
+        from lem.tracking.job import record_parent
+
+        try:
+            record_parent(Path(str(config.hydra.runtime.output_dir)))
+        except Exception:  # noqa: BLE001 - tracking never stops a job
+            pass
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
         """Log a job that ended without logging itself (it died in validation, or before the pipeline)."""
@@ -110,8 +152,10 @@ class LemMlflowCallback(Callback):
 
     def _finalize(self, sweep_dir: Path | None, *, ended: bool) -> None:
         """Write the children's table and plots into the parent and end it (once)."""
+        from lem.redact import redact
         from lem.tracking.store import warn_logging_failed
-        from lem.tracking.sweep import finalize_parent
+        from lem.session import current
+        from lem.tracking.sweep import finalize_parent, set_parent_tag
 
         for key, before in self._env_before.items():
             if before is None:
@@ -122,14 +166,17 @@ class LemMlflowCallback(Callback):
         if self.parent_run_id is None or self.target is None or self._finalized:
             return
         self._finalized = True
+        refusals = current().refusals_line()  # jobs refused by validation have no run: the parent says so
         try:
+            if refusals:
+                set_parent_tag(self.target, self.parent_run_id, "lem.refused_jobs", refusals)
             rows = finalize_parent(self.target, self.parent_run_id, interrupted=not ended)
         except Exception as exc:  # noqa: BLE001
-            warn_logging_failed(sweep_dir or "the sweep", exc)
+            warn_logging_failed(sweep_dir or self.sweep_dir or "the sweep", exc, self.target)
             return
         failed = sum(r["status"] == "FAILED" for r in rows)
         print(
-            f"\nlem: sweep logged to MLflow ({self.target.uri}, experiment {self.target.experiment_name!r}): "
-            f"{len(rows)} jobs, {failed} failed; parent run {self.parent_run_id}",
+            f"\nlem: sweep logged to MLflow ({redact(self.target.uri)}, experiment {self.target.experiment_name!r}): "
+            f"{len(rows)} jobs, {failed} failed{', ' + refusals.split(':')[0] if refusals else ''}; parent run {self.parent_run_id}",
             flush=True,
         )

@@ -62,6 +62,29 @@ def sweep_context() -> tuple[str | None, str | None, int | None, Path | None]:
     return parent, sweep_id, job_num, sweep_dir
 
 
+JOB_PARENT_FILE = ".lem_parent.json"  # in a job folder: the sweep parent run (and sweep id) it belongs to
+
+
+def record_parent(run_dir: Path) -> None:
+    """Write ``run_dir/.lem_parent.json`` naming the job's sweep parent, when it has one."""
+    import json
+
+    parent, sweep_id, _, _ = sweep_context()
+    if parent and run_dir.is_dir():
+        (run_dir / JOB_PARENT_FILE).write_text(json.dumps({"parent_run_id": parent, "sweep_id": sweep_id}) + "\n")
+
+
+def recorded_parent(run_dir: Path) -> dict[str, Any]:
+    """What :func:`record_parent` wrote (``{}`` for a folder without it)."""
+    import json
+
+    try:
+        data = json.loads((run_dir / JOB_PARENT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _task_overrides(cfg: Any) -> list[str] | None:
     """The job's command-line overrides from Hydra's node (for a job whose folder holds no .hydra/)."""
     try:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from lem.errors import first_line
+from lem.redact import redact
 from lem.session import current
+from lem.tracking.client import TrackingUnavailable, error_line
 
 DEFAULT_EXPERIMENT = "lem"
 STORE_DIRNAME = "mlruns"
@@ -38,10 +39,6 @@ EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 ENV_PARENT_RUN_ID = "LEM_MLFLOW_PARENT_RUN_ID"
 ENV_SWEEP_ID = "LEM_SWEEP_ID"
 SWEEP_FILE = ".lem_sweep.json"
-
-
-class TrackingUnavailable(Exception):
-    """The tracking store could not be reached (or refused to open)."""
 
 
 @dataclass(frozen=True)
@@ -157,12 +154,13 @@ def connect(target: Target) -> tuple[Any, str]:
     if target.uri in state.unavailable:
         raise TrackingUnavailable(state.unavailable[target.uri])
     try:
-        client = open_client(target.uri)
-        experiment_id = _ensure_experiment(client, target)
+        with first_use_lock(target.uri):  # a fresh SQLite store: one process creates and migrates it
+            client = open_client(target.uri)
+            experiment_id = _ensure_experiment(client, target)
     except Exception as exc:  # noqa: BLE001 - any failure to open the store means "unavailable"
-        reason = error_line(exc)
-        state.unavailable[target.uri] = reason
-        raise TrackingUnavailable(reason) from exc
+        reason = redact(error_line(exc))
+        state.unavailable.setdefault(target.uri, reason)
+        raise TrackingUnavailable(reason) from None
     state.connections[target] = (client, experiment_id)
     return client, experiment_id
 
@@ -180,12 +178,30 @@ def search_all_runs(client: Any, experiment_id: str, filter_string: str = "", or
 
 
 def open_client(uri: str) -> Any:
-    """An MlflowClient on ``uri``, once the store answers (TrackingUnavailable at once when a server does not)."""
+    """An MlflowClient on ``uri`` (redacting what it sends; given up after its first transport failure),
+    once the store answers (TrackingUnavailable at once when a server does not)."""
+    from lem.tracking.client import GuardedClient, short_http_retries
+
     _probe(uri)
     _quiet_mlflow_logging()
+    short_http_retries()
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return GuardedClient(MlflowClient(tracking_uri=uri), uri)
+
+
+def first_use_lock(uri: str, timeout_s: float = 300.0) -> Any:
+    """A file lock beside a SQLite store's database, held while a process creates or migrates it
+    (MLflow's schema migration is not safe when two processes run it at once); a no-op elsewhere."""
+    import contextlib
+
+    db = sqlite_path(uri)
+    if db is None:
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(db.parent / f".{db.name}.lock"), timeout=timeout_s)
 
 
 def _probe(uri: str) -> None:
@@ -197,7 +213,7 @@ def _probe(uri: str) -> None:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:  # noqa: S310 - the user's server
                 response.read(64)
         except Exception as exc:  # noqa: BLE001
-            raise TrackingUnavailable(f"no MLflow server answers at {uri} ({error_line(exc)})") from None
+            raise TrackingUnavailable(redact(f"no MLflow server answers at {uri} ({error_line(exc)})")) from None
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -239,33 +255,30 @@ def warn_unavailable(target: Target, reason: str, results_path: str | os.PathLik
     warned.add(target.uri)
     where = f"; local results are in {results_path}" if results_path else ""
     later = f"python -m lem sync {results_path}" if results_path else "python -m lem sync RESULTS_DIR"
+    shown = redact(target.uri)
+    if shown != target.uri:  # the run folder keeps the URI redacted: the password must be given again
+        later += f" --tracking-uri '{shown}' (with the password)"
     print(
-        f"lem: warning: MLflow tracking store {target.uri} unavailable ({reason}){where}; "
+        f"lem: warning: MLflow tracking store {shown} unavailable ({redact(reason)}){where}; "
         f"log them later with: {later}",
         file=sys.stderr,
         flush=True,
     )
 
 
-def warn_logging_failed(run_dir: str | os.PathLike[str], exc: BaseException) -> None:
+def warn_logging_failed(run_dir: str | os.PathLike[str], exc: BaseException, target: Target | None = None) -> None:
+    """One line for a run that could not be logged; a store that went away is said once (``warn_unavailable``)."""
+    if isinstance(exc, TrackingUnavailable) and target is not None:
+        warn_unavailable(target, str(exc), run_dir)
+        return
+    if isinstance(exc, TrackingUnavailable) and current().tracking.warned:
+        return  # the store's one warning, naming how to sync, is already out
     print(
-        f"lem: warning: could not log {run_dir} to MLflow ({error_line(exc)}); "
+        f"lem: warning: could not log {run_dir} to MLflow ({redact(error_line(exc))}); "
         f"the local results are complete; retry with: python -m lem sync {run_dir}",
         file=sys.stderr,
         flush=True,
     )
-
-
-def error_line(exc: BaseException) -> str:
-    """``Type: first line`` of an exception, at most 300 characters, for a warning or an error message.
-
-    A TrackingUnavailable gives its line alone (it already says what failed); an exception
-    without a message gives its type's name.
-    """
-    line = first_line(exc)
-    if isinstance(exc, TrackingUnavailable) or not str(exc).strip():
-        return line[:300]
-    return f"{type(exc).__name__}: {line}"[:300]
 
 
 def reset_connections() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import socket
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +24,8 @@ from lem.tracking.mlflow_sink import PARENT_TAG, SWEEP_ID_TAG, user_name
 from lem.tracking.store import SWEEP_FILE, Target, connect, git_commit, search_all_runs
 
 KIND_TAG = "lem.kind"
+OWNER_PID_TAG = "lem.owner_pid"  # the process that runs the sweep, and its host: a parent left RUNNING by a
+OWNER_HOST_TAG = "lem.owner_host"  # process that no longer exists was killed, and is closed by sync or a resume
 HEADLINE = (
     "energy/j_per_output_token",
     "throughput/output_tokens_per_s",
@@ -104,6 +108,8 @@ def create_parent(
     }
     if sweep_dir is not None:
         tags["lem.sweep_dir"] = str(sweep_dir)
+    if live:
+        tags[OWNER_PID_TAG], tags[OWNER_HOST_TAG] = str(os.getpid()), socket.gethostname()
     commit = git_commit() if live else None
     if commit:
         tags["lem.git_commit"] = tags["mlflow.source.git.commit"] = commit[0]
@@ -207,11 +213,46 @@ def write_children_csv(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], p
             writer.writerow(["" if v is None else v for v in values])
 
 
-def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = False, end_from_children: bool = False) -> list[dict[str, Any]]:
+def owner_state(run: Any) -> str:
+    """Whether the process that created a RUNNING parent still runs: "alive", "gone" or "unknown"
+    (another host, or a parent made before lem recorded its owner, or by sync)."""
+    tags = run.data.tags
+    pid, host = tags.get(OWNER_PID_TAG, ""), tags.get(OWNER_HOST_TAG)
+    if not pid.isdigit() or host != socket.gethostname():
+        return "unknown"
+    if int(pid) == os.getpid():
+        return "alive"
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        return "alive"
+    return "alive"
+
+
+def close_if_stale(target: Target, run_id: str) -> bool:
+    """Close a sweep parent left RUNNING by a process that was killed (SIGKILL, or SIGTERM before
+    lem handled it): KILLED, its table and plots written, its end time its last child's. True when closed."""
+    client, _ = connect(target)
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING" or owner_state(run) != "gone":
+        return False
+    finalize_parent(target, run_id, interrupted=True, end_from_children=True, killed=True)
+    return True
+
+
+def set_parent_tag(target: Target, parent_run_id: str, key: str, value: str) -> None:
+    client, _ = connect(target)
+    client.set_tag(parent_run_id, key, value[:5000])  # MLflow's tag value limit is larger; a line stays readable
+
+
+def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = False, end_from_children: bool = False,
+                    killed: bool = False) -> list[dict[str, Any]]:
     """Write the children's table, metrics and plots into the parent and end it; return the rows.
 
     ``end_from_children``: the parent ends when its last child did (a sweep logged later by
-    ``lem.sync``), not now.
+    ``lem.sync``), not now. ``killed``: its process was killed: KILLED whatever its children did.
     """
     from mlflow.entities import Metric, RunTag
 
@@ -259,10 +300,15 @@ def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = F
         tags.append(RunTag("lem.sweep_interrupted", "true"))
     client.log_batch(parent_run_id, tags=tags)
     n_failed = sum(r["status"] == "FAILED" for r in rows)
-    if interrupted:  # the sweep did not reach its end: a job's error stopped Hydra, or Ctrl-C
+    if killed:
+        status = "KILLED"
+    elif interrupted:  # the sweep did not reach its end: a job's error stopped Hydra, or Ctrl-C
         status = "FAILED" if n_failed else "KILLED"
     else:
         status = "FAILED" if rows and not finished else "FINISHED"
     ends = [r["end_time_ms"] for r in rows if r.get("end_time_ms")]
-    client.set_terminated(parent_run_id, status=status, end_time=max(ends) if end_from_children and ends else None)
+    end_ms = max(ends) if end_from_children and ends else None
+    if killed and end_ms is None:  # no child ended: it died in its first job; the last sign of life is its start
+        end_ms = client.get_run(parent_run_id).info.start_time or now
+    client.set_terminated(parent_run_id, status=status, end_time=end_ms)
     return rows

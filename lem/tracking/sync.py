@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lem.redact import redact
 from lem.tracking.store import (
     DEFAULT_EXPERIMENT,
     SWEEP_FILE,
@@ -171,7 +172,7 @@ def sync_run(path: Path, args: argparse.Namespace, report: Report, *, parent_run
         raise
     except Exception as exc:  # noqa: BLE001 - one unreadable folder must not stop the others
         report.failed += 1
-        report.line("error", path, f"not logged: {type(exc).__name__}: {exc}")
+        report.line("error", path, redact(f"not logged: {type(exc).__name__}: {exc}"))
         return
     name = run_name(folder.config, folder.summary, folder.job_num)
     if new:
@@ -183,13 +184,12 @@ def sync_run(path: Path, args: argparse.Namespace, report: Report, *, parent_run
 
 
 def sync_sweep(sweep: Sweep, args: argparse.Namespace, report: Report) -> None:
+    """Log a sweep's jobs under its parent run. A job folder that names its own parent (a job of an
+    earlier session of a resumed study) goes under that one; a parent left RUNNING by a killed
+    process is closed (KILLED)."""
+    from lem.tracking.job import recorded_parent
     from lem.tracking.run_folder import read_run_folder, run_key
-    from lem.tracking.sweep import (
-        create_parent,
-        finalize_parent,
-        find_parent,
-        read_sweep_file,
-    )
+    from lem.tracking.sweep import read_sweep_file
 
     if not sweep.jobs:
         report.line("empty", sweep.path, "sweep folder without job results")
@@ -200,24 +200,45 @@ def sync_sweep(sweep: Sweep, args: argparse.Namespace, report: Report) -> None:
     report.targets.add(target)
     info = read_sweep_file(sweep.path)
     sweep_id = sweep_id_for(sweep.path, info, [run_key(read_run_folder(j)) for j in sweep.jobs] if not info else [])
+    groups: dict[str, list[Path]] = {}
+    for job in sweep.jobs:
+        groups.setdefault(str(recorded_parent(job).get("sweep_id") or sweep_id), []).append(job)
+    for group_id, jobs in sorted(groups.items(), key=lambda item: item[0] != sweep_id):
+        _sync_group(sweep, group_id, jobs, target, config, overrides, args, report)
+
+
+def _sync_group(sweep: Sweep, sweep_id: str, jobs: list[Path], target: Target, config: dict[str, Any] | None,
+                overrides: list[str], args: argparse.Namespace, report: Report) -> None:
+    from lem.tracking.sweep import (
+        create_parent,
+        finalize_parent,
+        find_parent,
+        owner_state,
+    )
 
     existing = find_parent(target, sweep_id)
     created = existing is None
     if existing is None:
         parent_run_id = create_parent(target, sweep_id=sweep_id, overrides=overrides, config=config, sweep_dir=sweep.path,
-                                      live=False, start_time_ms=_first_start_ms(sweep.jobs))
+                                      live=False, start_time_ms=_first_start_ms(jobs))
         report.line("created", sweep.path, f"sweep parent run {parent_run_id} (sweep {sweep_id})")
     else:
         parent_run_id = existing.info.run_id
         report.line("found", sweep.path, f"sweep parent run {parent_run_id} (sweep {sweep_id})")
     before = report.logged
-    for job in sweep.jobs:
+    for job in jobs:
         sync_run(job, args, report, parent_run_id=parent_run_id, sweep_id=sweep_id, target=target)
+    running = existing is not None and existing.info.status == "RUNNING"
+    owner = owner_state(existing) if running else "unknown"
+    if owner == "alive":  # the sweep still runs: it closes its parent itself
+        report.line("running", sweep.path, f"sweep parent run {parent_run_id} belongs to a sweep that is still running")
+        return
     # Rebuild the parent's table and plots only when it changed, or it never got them (the sweep died).
-    if created or report.logged > before or existing.info.status == "RUNNING":
-        rows = finalize_parent(target, parent_run_id, end_from_children=True)
+    if created or report.logged > before or running:
+        rows = finalize_parent(target, parent_run_id, end_from_children=True, interrupted=owner == "gone", killed=owner == "gone")
         n_failed = sum(r["status"] == "FAILED" for r in rows)
-        report.line("updated", sweep.path, f"sweep parent run {parent_run_id}: {len(rows)} children, {n_failed} failed")
+        closed = "; its sweep was killed: closed as KILLED" if owner == "gone" else ""
+        report.line("updated", sweep.path, f"sweep parent run {parent_run_id}: {len(rows)} children, {n_failed} failed{closed}")
 
 
 def _first_start_ms(jobs: Sequence[Path]) -> int | None:
@@ -257,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tracking_uri:
             resolve_tracking_uri(args.tracking_uri)  # a malformed URI is a usage error, said once
     except ValueError as exc:
-        print(f"lem.sync: error: {exc}", file=sys.stderr)
+        print(f"lem.sync: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     sweeps, runs = discover(args.paths)
     if not sweeps and not runs:
@@ -270,12 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in runs:
             sync_run(run, args, report)
     except TrackingUnavailable as exc:
-        print(f"lem.sync: error: MLflow tracking store unavailable ({exc}); nothing more was logged", file=sys.stderr)
+        print(f"lem.sync: error: MLflow tracking store unavailable ({redact(str(exc))}); nothing more was logged", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except ValueError as exc:  # a run configured with a malformed tracking URI
-        print(f"lem.sync: error: {exc}; pass --tracking-uri", file=sys.stderr)
+        print(f"lem.sync: error: {redact(str(exc))}; pass --tracking-uri", file=sys.stderr)
         return EXIT_USAGE
-    where = ", ".join(sorted(f"{t.uri} (experiment {t.experiment_name!r})" for t in report.targets))
+    where = ", ".join(sorted(f"{redact(t.uri)} (experiment {t.experiment_name!r})" for t in report.targets))
     print(f"lem.sync: logged {report.logged} run(s), skipped {report.skipped} already logged, {report.failed} error(s); store: {where}")
     return 1 if report.failed else 0
 

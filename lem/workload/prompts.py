@@ -72,7 +72,7 @@ def _source_texts(ds: DatasetConfig, tokenizer: Any) -> list[str]:
 
         return builtin_prompts()
     if ds.source is DatasetSource.file:
-        return _file_texts(ds.path, ds.column)
+        return file_texts(ds.path, ds.column)
     if ds.source is DatasetSource.hf:
         return _hf_texts(ds)
     if ds.source is DatasetSource.synthetic:
@@ -85,19 +85,27 @@ def _source_texts(ds: DatasetConfig, tokenizer: Any) -> list[str]:
 # --- file -------------------------------------------------------------------------------------
 
 
-def _file_texts(path: str | None, column: str) -> list[str]:
+def file_texts(path: str | None, column: str) -> list[str]:
+    """The non-empty prompt texts of a .jsonl/.json/.csv file; one-line LemError for anything unreadable."""
     if not path or not os.path.isfile(path):
         raise ConfigError("dataset.path", path, "an existing .jsonl, .json or .csv file")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in FILE_SUFFIXES:
         raise ConfigError("dataset.path", path, "a file ending in .jsonl, .json or .csv")
     readers: dict[str, Callable[[str], list[Any]]] = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
-    records = readers[suffix](path)
+    try:
+        records = readers[suffix](path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError("dataset.path", path, f"a UTF-8 text file (byte {exc.start} is not UTF-8: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError("dataset.path", path, f"a readable file ({exc.strerror or type(exc).__name__})") from None
+    except csv.Error as exc:
+        raise ConfigError("dataset.path", path, f"a CSV file with a header row ({exc})") from None
     if not records:
-        raise LemError(f"dataset.path={path}: the file holds no prompts")
+        raise ConfigError("dataset.path", path, "a file holding at least one prompt (this one holds no prompts)")
     texts = _texts_from_records(records, column, where=f"dataset.path={path}")
     if not texts:
-        raise LemError(f"dataset.path={path}: every '{column}' value is empty")
+        raise ConfigError("dataset.path", path, f"a file with at least one non-empty '{column}' value")
     return texts
 
 

@@ -120,4 +120,5 @@ def request_record(
         token_times_s=token_times_s,
         finish_reason=finish_reason,
         padded_input_tokens=raw.padded_input_tokens,
+        truncated=request.truncated,
     )

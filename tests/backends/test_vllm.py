@@ -185,7 +185,7 @@ def test_validation_refusals(monkeypatch: pytest.MonkeyPatch, setup, gpus: int, 
 def test_validation_passes_with_package_and_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = LemConfig()
     cfg.backend.name = BackendName.vllm
-    cfg.sharding.strategy, cfg.sharding.num_shards = ShardingStrategy.tensor_parallel, 2
-    _validate_with(monkeypatch, cfg, has_package=True, gpus=2)
+    cfg.sharding.strategy, cfg.sharding.num_shards = ShardingStrategy.tensor_parallel, 3  # divides SmolLM2's 9 and 3 heads
+    _validate_with(monkeypatch, cfg, has_package=True, gpus=3)
 
 

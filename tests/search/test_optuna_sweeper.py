@@ -485,8 +485,9 @@ def test_latency_limits_mark_trials_infeasible(tiny_model: Path, store: Path, tm
 def test_a_failing_trial_is_recorded_and_the_study_continues(tiny_model: Path, store: Path, tmp_path: Path) -> None:
     from optuna.trial import TrialState
 
-    not_a_model = tmp_path / "not-a-model"  # a folder passes validation; loading it fails at run time
+    not_a_model = tmp_path / "not-a-model"  # its config.json passes validation; loading it fails at run time
     not_a_model.mkdir()
+    (not_a_model / "config.json").write_text('{"model_type": "llama"}')
     sweep_dir = tmp_path / "study"
     cmd = study_command(sweep_dir, f"choice({tiny_model},{not_a_model})", "min_energy", "hydra.sweeper.n_trials=4",
                         "hydra.sweeper.max_failure_rate=0.5", "decoder=deterministic", "batching.batch_size=choice(1,2)", store=store)
