@@ -153,8 +153,8 @@ class LemMlflowCallback(Callback):
     def _finalize(self, sweep_dir: Path | None, *, ended: bool) -> None:
         """Write the children's table and plots into the parent and end it (once)."""
         from lem.redact import redact
-        from lem.tracking.store import warn_logging_failed
         from lem.session import current
+        from lem.tracking.store import warn_logging_failed
         from lem.tracking.sweep import finalize_parent, set_parent_tag
 
         for key, before in self._env_before.items():
