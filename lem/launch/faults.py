@@ -75,8 +75,11 @@ def install_signal_handlers() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        # A signal the caller chose to ignore stays ignored, as Python does for SIGINT: a shell script's
+        # background job (`lem ... &`) must not die of the Ctrl-C meant for the script's foreground.
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, handler)
 
 
 def as_interrupted(exc: KeyboardInterrupt) -> Interrupted:
