@@ -261,13 +261,6 @@ def test_a_full_disk_is_one_line_saying_what_was_kept(tiny_model: Path, tmp_path
     assert len((run_dir / "raw" / "process-0.jsonl").read_text().splitlines()) == 3
 
 
-needs_timeout_key = pytest.mark.skipif(
-    "job_timeout_s" not in __import__("lem.config.schema", fromlist=["RunConfig"]).RunConfig.__dataclass_fields__,
-    reason="run.job_timeout_s is not in the schema yet",
-)
-
-
-@needs_timeout_key
 def test_a_hung_job_fails_after_its_timeout_and_the_sweep_goes_on(tiny_model: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     started = time.monotonic()
