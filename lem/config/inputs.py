@@ -64,7 +64,22 @@ def _check_model(cfg: LemConfig) -> dict[str, Any] | None:
     path = Path(resolve_model_path(cfg.model))  # an unknown id offline, or a missing folder: one line here
     if not path.is_dir():
         return None  # a hub id while the hub is reachable: the engine downloads it
-    return read_model_config(path, name, needs_config=cfg.backend.name.value in _NEEDS_HF_CONFIG)
+    data = read_model_config(path, name, needs_config=cfg.backend.name.value in _NEEDS_HF_CONFIG)
+    if data is not None and data.get("auto_map") and not cfg.model.trust_remote_code:
+        _refuse_remote_code(name, str(data.get("model_type")))
+    return data
+
+
+def _refuse_remote_code(name: str, model_type: str) -> None:
+    """A checkpoint whose architecture only its own Python code defines: lem never runs it unasked."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES  # only for such checkpoints
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise ConfigError(
+            "model.name_or_path", name,
+            f"a model whose architecture transformers ships: '{model_type}' is defined by Python code in the "
+            "checkpoint (config.json auto_map), which lem runs only with model.trust_remote_code=true, for a model you trust",
+        )
 
 
 def read_model_config(folder: Path, name: str, *, needs_config: bool) -> dict[str, Any] | None:

@@ -80,6 +80,22 @@ def test_a_model_folder_that_cannot_load_is_refused(tmp_path: Path, config: str 
     assert message.startswith(f"model.name_or_path={folder}: expected") and expected in message
 
 
+REMOTE_CODE = '{"model_type": "my_custom_lm", "auto_map": {"AutoModelForCausalLM": "modeling_custom.MyLM"}}'
+
+
+def test_a_model_that_needs_remote_code_names_the_key_that_allows_it(tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path, REMOTE_CODE)
+    message = refusal([f"model.name_or_path={folder}"])
+    assert "'my_custom_lm' is defined by Python code in the checkpoint" in message and "model.trust_remote_code=true" in message
+
+
+def test_remote_code_passes_validation_only_when_trusted_or_when_transformers_ships_the_architecture(tmp_path: Path) -> None:
+    folder = _model_folder(tmp_path, REMOTE_CODE)
+    compose_config([f"model.name_or_path={folder}", "model.trust_remote_code=true"])
+    (folder / "config.json").write_text('{"model_type": "llama", "auto_map": {"AutoConfig": "configuration_llama.LlamaConfig"}}')
+    compose_config([f"model.name_or_path={folder}"])  # an old auto_map beside an architecture transformers has
+
+
 @pytest.mark.parametrize("name", ["nobody/no-such-model-xyz", "gpt2-no-such-model", "nobody/no-such-model-xyz@main"])
 def test_a_model_id_that_cannot_resolve_offline_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
