@@ -251,6 +251,18 @@ def test_short_window_warns_with_its_length():
     assert not any("shorter than" in w for w in long["warnings"])
 
 
+def test_truncated_prompts_are_counted_once_each_and_warned_about():
+    import dataclasses
+
+    cut = [dataclasses.replace(req(i, 0.0), truncated=i in (1, 3)) for i in range(4)]
+    again = [dataclasses.replace(r, cycle=1) for r in cut]  # a second cycle serves the same prompts again
+    s = summarize([proc(phases=[gen(0.0, 30.0)], requests=cut + again)])
+    assert s["tokens"]["truncated_prompts"] == 2
+    assert "2 of 4 prompts were cut to dataset.max_input_tokens" in s["warnings"]
+    whole = summarize([proc(phases=[gen(0.0, 30.0)], requests=[req(0, 0.0)])])
+    assert whole["tokens"]["truncated_prompts"] == 0 and not any("were cut" in w for w in whole["warnings"])
+
+
 def test_empty_generation_gives_null_latency_and_throughput():
     s = summarize([proc(phases=[PhaseRecord("model_load", 0.0, 1.0)], complete=False)])
     assert s["latency"]["ttft_ms"]["mean"] is None
