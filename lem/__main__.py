@@ -65,7 +65,7 @@ def _task(cfg: Any) -> float | None:
             return None  # the sweep goes on; lem names every refusal in one line when it ends (run)
         raise error from exc  # the Optuna sweeper marks the trial failed
 
-    from lem.launch.faults import JobFailed, drop_empty_file
+    from lem.launch.faults import JobFailed
     from lem.launch.job import execute_job
     from lem.launch.ranks import launched_by_torchrun
     from lem.results.writer import write_resolved_config
@@ -80,21 +80,18 @@ def _task(cfg: Any) -> float | None:
         raise _interrupted(interrupt, lem_cfg, cfg, run_dir) from None
     except JobFailed as error:  # timed out, or the disk is full: one line, not a traceback of lem's waiting loop
         log_finished_job(lem_cfg, cfg, run_dir, error_text=f"{error}\n{_stacks(run_dir)}")
-        drop_empty_file(run_dir / "error.txt")
         if not multirun:
             print(f"lem: error: {error}", file=sys.stderr)
             sys.exit(error.exit_code)
         return _job_failed(run_dir, f"{error}")
     except LemError as error:
         log_finished_job(lem_cfg, cfg, run_dir, error_text=traceback.format_exc())
-        drop_empty_file(run_dir / "error.txt")
         if not multirun:
             print(f"lem: error: {error}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         return _job_failed(run_dir, f"{error}")
     except Exception as error:  # noqa: BLE001 - a crashed job: recorded as FAILED, the sweep goes on
         log_finished_job(lem_cfg, cfg, run_dir, error_text=traceback.format_exc())
-        drop_empty_file(run_dir / "error.txt")
         if not multirun:
             raise
         return _job_failed(run_dir, f"{type(error).__name__}: {error} (traceback in {run_dir / 'error.txt'})")

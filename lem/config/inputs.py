@@ -72,7 +72,9 @@ def _check_model(cfg: LemConfig) -> dict[str, Any] | None:
 
 def _refuse_remote_code(name: str, model_type: str) -> None:
     """A checkpoint whose architecture only its own Python code defines: lem never runs it unasked."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES  # only for such checkpoints
+    from transformers.models.auto.configuration_auto import (
+        CONFIG_MAPPING_NAMES,  # only for such checkpoints
+    )
 
     if model_type not in CONFIG_MAPPING_NAMES:
         raise ConfigError(
@@ -117,17 +119,18 @@ def _embedded_config() -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def tensor_parallel_degree(cfg: LemConfig) -> int:
-    """How many ways the engine splits each layer's attention heads."""
-    explicit = getattr(getattr(cfg.backend, cfg.backend.name.value), "tensor_parallel_size", None)
+def tensor_parallel_degree(cfg: LemConfig) -> tuple[int, str]:
+    """How many ways the engine splits each layer's attention heads, and the key that says so."""
+    engine = cfg.backend.name.value
+    explicit = getattr(getattr(cfg.backend, engine), "tensor_parallel_size", None)
     if explicit is not None:
-        return int(explicit)
+        return int(explicit), f"backend.{engine}.tensor_parallel_size"
     s = cfg.sharding
-    return s.num_shards if s.strategy is ShardingStrategy.tensor_parallel else 1
+    return (s.num_shards if s.strategy is ShardingStrategy.tensor_parallel else 1), "sharding.num_shards"
 
 
 def _check_tensor_parallel(cfg: LemConfig, model_config: dict[str, Any]) -> None:
-    degree = tensor_parallel_degree(cfg)
+    degree, key = tensor_parallel_degree(cfg)
     if degree <= 1:
         return
     text = model_config.get("text_config") if isinstance(model_config.get("text_config"), dict) else model_config
@@ -138,7 +141,6 @@ def _check_tensor_parallel(cfg: LemConfig, model_config: dict[str, Any]) -> None
     replicates = cfg.backend.name.value in _REPLICATES_KV_HEADS
     allowed = [d for d in range(1, heads + 1) if _splits(d, heads, kv_heads, replicates)]
     if degree not in allowed:
-        key = "sharding.num_shards" if getattr(getattr(cfg.backend, cfg.backend.name.value), "tensor_parallel_size", None) is None else f"backend.{cfg.backend.name.value}.tensor_parallel_size"
         raise ConfigError(
             key, degree,
             f"a tensor-parallel degree that divides {cfg.model.name_or_path}'s {heads} attention heads and {kv_heads} KV heads: "

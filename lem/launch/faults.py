@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lem.errors import LemError
+from lem.files import write_text_atomic
 
 TEST_FAULT_ENV = "LEM_TEST_FAULT"
 INTERRUPT_FILE = "interrupted.txt"
@@ -55,10 +56,6 @@ class OutputWriteFailed(JobFailed):
 
 def signal_name(exc: BaseException) -> str:
     return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
-
-
-def exit_code(exc: BaseException) -> int:
-    return 128 + int(getattr(exc, "signum", signal.SIGINT))
 
 
 def install_signal_handlers() -> None:
@@ -141,7 +138,10 @@ def write_interrupt_note(run_dir: Path, exc: Interrupted) -> None:
         f"interrupted by {signal_name(exc)} during {exc.phase or phase_of(run_dir)}; kept: {kept(run_dir)}\n"
         f"recompute the summary with: lem summarize {run_dir}\n"
     )
-    write_whole(run_dir / INTERRUPT_FILE, text)
+    try:
+        write_text_atomic(run_dir / INTERRUPT_FILE, text)  # whole or not at all: a full disk leaves no empty note
+    except OSError:
+        pass
     if (run_dir / "raw").is_dir():
         try:
             from lem.results.summarize import write_summary
@@ -149,18 +149,6 @@ def write_interrupt_note(run_dir: Path, exc: Interrupted) -> None:
             write_summary(run_dir)  # status "incomplete": the run is KILLED in MLflow, not lost
         except Exception:  # noqa: BLE001 - the raw records stay; `lem summarize` can retry
             pass
-
-
-def write_whole(path: Path, text: str) -> bool:
-    """Write ``text`` to ``path`` whole or not at all (a full disk leaves no empty file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        return False
 
 
 def drop_empty_file(path: Path) -> None:

@@ -92,8 +92,8 @@ INTERRUPT_GRACE_S = 5.0  # docker stop waits 10 s before its SIGKILL
 
 def job_timeout_s(cfg: LemConfig) -> float | None:
     """``run.job_timeout_s``: how long one job may take in its engine worker (None: no limit)."""
-    value = getattr(cfg.run, "job_timeout_s", None)
-    return float(value) if value is not None and float(value) > 0 else None
+    timeout_s = cfg.run.job_timeout_s
+    return float(timeout_s) if timeout_s is not None and timeout_s > 0 else None  # 0 (set in code) is no limit too
 
 
 class EngineWorker:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from lem.errors import LemError
-from lem.files import default_file_mode
+from lem.files import write_text_atomic
 from lem.records import to_json_dict
 
 
@@ -98,37 +97,10 @@ class RawWriter:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON so readers see the old file or the new one, never half."""
+    """Write ``obj`` as indented JSON so readers see the old file or the new one, never half (and on disk to stay)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(obj, allow_nan=False, indent=2, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, default_file_mode())  # mkstemp makes it 0600: teammates on a shared folder must read it
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic within one filesystem: same directory guarantees that
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_text_atomic(path, json.dumps(obj, allow_nan=False, indent=2, ensure_ascii=False) + "\n", durable=True)
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Persist the rename itself; not every platform can open a directory, which is harmless.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_resolved_config(composed_cfg: Any, run_dir: Path) -> None:
@@ -159,11 +131,7 @@ def scrub_credentials(paths: list[Path]) -> None:
         clean = redact(text)
         if clean == text:
             continue
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, path.stat().st_mode & 0o777)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(clean)
-            os.replace(tmp, path)
+            write_text_atomic(path, clean, mode=path.stat().st_mode & 0o777)
         except OSError:
-            Path(tmp).unlink(missing_ok=True)
+            pass  # the folder's copy stays as Hydra wrote it; what lem uploads is redacted anyway

@@ -31,6 +31,7 @@ from lem.tracking.store import (
     ENV_SWEEP_ID,
     error_line,
     first_use_lock,
+    pid_alive,
     sqlite_path,
 )
 
@@ -179,16 +180,6 @@ def _trial_attrs() -> dict[str, Any]:
     return attrs
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _fail_stale_trials(study: Any) -> None:
     """Trials left RUNNING by a lem process of this host that no longer exists (killed): FAIL, interrupted."""
     import optuna
@@ -199,7 +190,7 @@ def _fail_stale_trials(study: Any) -> None:
         worker = t.user_attrs.get(ATTR_WORKER) or {}
         if worker.get("host") != me["host"] or not isinstance(worker.get("pid"), int):
             continue  # another machine's trial, or not lem's: leave it to its owner
-        if worker["pid"] != me["pid"] and _pid_alive(worker["pid"]):
+        if worker["pid"] != me["pid"] and pid_alive(worker["pid"]):
             continue
         trial = optuna.trial.Trial(study, t._trial_id)
         trial.set_user_attr(ATTR_INTERRUPTED, True)

@@ -129,12 +129,13 @@ def log_job(composed_cfg: Any, run_dir: str | os.PathLike[str], *, error_text: s
 
 
 def write_error(run_dir: str | os.PathLike[str], text: str) -> None:
+    from lem.files import write_text_atomic
     from lem.tracking.mlflow_sink import ERROR_FILE
 
     path = Path(run_dir)
     if path.is_dir():
         try:
-            (path / ERROR_FILE).write_text(text)
+            write_text_atomic(path / ERROR_FILE, text)  # whole or not at all: a full disk leaves no empty error.txt
         except OSError:
             pass
 

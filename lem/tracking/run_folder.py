@@ -48,12 +48,12 @@ def is_run_dir(path: Path) -> bool:
 
 def read_run_folder(path: str | os.PathLike[str], config: Mapping[str, Any] | None = None) -> RunFolder:
     from lem.results.reader import read_run
-    from lem.results.summarize import SUMMARY_FILE, compute_summary
+    from lem.results.summarize import SUMMARY_FILE, compute_summary, load_config
 
     folder = RunFolder(path=Path(path).resolve())
     p = folder.path
     try:
-        folder.config = dict(config) if config is not None else read_config_unresolved(p)
+        folder.config = dict(config) if config is not None else load_config(p)  # never resolved: not the reader's ${oc.env:...}
     except Exception:  # noqa: BLE001 - an unreadable config must not stop the rest
         folder.config = None
     if folder.config is not None:
@@ -79,26 +79,6 @@ def read_run_folder(path: str | os.PathLike[str], config: Mapping[str, Any] | No
         folder.error_text = (p / ERROR_FILE).read_text(errors="replace")
     folder.job_num = _hydra_job_num(p)
     return folder
-
-
-CONFIG_FILES = ("resolved_config.yaml", ".hydra/config.yaml")  # the one resolved at run time first
-
-
-def read_config_unresolved(run_dir: Path) -> dict[str, Any] | None:
-    """The run's config as written, interpolations left as text.
-
-    ``resolved_config.yaml`` holds the values the run used (resolved when it ran); Hydra's
-    ``.hydra/config.yaml`` may still hold ``${oc.env:...}``: resolving it now would read the
-    environment of whoever reads the folder (``lem sync``) and upload their values.
-    """
-    from omegaconf import OmegaConf
-
-    for name in CONFIG_FILES:
-        path = run_dir / name
-        if path.is_file():
-            data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-            return {str(k): v for k, v in data.items()} if isinstance(data, dict) else None
-    return None
 
 
 def _read_overrides(run_dir: Path) -> list[str]:

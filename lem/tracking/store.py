@@ -190,6 +190,17 @@ def open_client(uri: str) -> Any:
     return GuardedClient(MlflowClient(tracking_uri=uri), uri)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with ``pid`` exists (another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def first_use_lock(uri: str, timeout_s: float = 300.0) -> Any:
     """A file lock beside a SQLite store's database, held while a process creates or migrates it
     (MLflow's schema migration is not safe when two processes run it at once); a no-op elsewhere."""

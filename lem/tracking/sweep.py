@@ -21,7 +21,14 @@ from typing import Any
 
 from lem.tracking.metrics import config_params
 from lem.tracking.mlflow_sink import PARENT_TAG, SWEEP_ID_TAG, user_name
-from lem.tracking.store import SWEEP_FILE, Target, connect, git_commit, search_all_runs
+from lem.tracking.store import (
+    SWEEP_FILE,
+    Target,
+    connect,
+    git_commit,
+    pid_alive,
+    search_all_runs,
+)
 
 KIND_TAG = "lem.kind"
 OWNER_PID_TAG = "lem.owner_pid"  # the process that runs the sweep, and its host: a parent left RUNNING by a
@@ -220,15 +227,7 @@ def owner_state(run: Any) -> str:
     pid, host = tags.get(OWNER_PID_TAG, ""), tags.get(OWNER_HOST_TAG)
     if not pid.isdigit() or host != socket.gethostname():
         return "unknown"
-    if int(pid) == os.getpid():
-        return "alive"
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return "gone"
-    except PermissionError:
-        return "alive"
-    return "alive"
+    return "alive" if int(pid) == os.getpid() or pid_alive(int(pid)) else "gone"
 
 
 def close_if_stale(target: Target, run_id: str) -> bool:

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.test_run_faults import FAST, LONG, assert_gone, start, wait_for_requests
+from tests.faults.test_run_faults import (
+    FAST,
+    LONG,
+    assert_gone,
+    start,
+    wait_for_requests,
+)
 from tests.tiny_model import make_tiny_model_dir
 from tests.tracking.test_tracking import all_runs, client_for, lem_env, sqlite_uri
 
