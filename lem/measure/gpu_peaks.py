@@ -15,6 +15,7 @@ tensor-core path for (bfloat16 on V100/T4) give ``None`` — never a guess.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 TERA = 1e12
@@ -30,8 +31,11 @@ class GpuPeak:
 
 # Order matters: the first pattern that matches wins.
 GPU_PEAKS: tuple[GpuPeak, ...] = (
-    GpuPeak("B200", r"\bb200\b", {"float32": 80.0, "tfloat32": 1100.0, "bfloat16": 2250.0, "float16": 2250.0, "float8": 4500.0},
-            "NVIDIA HGX B200 datasheet (per GPU, sparse figures halved)"),
+    # GB200 (Grace Blackwell superchip, up to 1200 W) is clocked above HGX B200 (1000 W): its own row, tried first.
+    GpuPeak("GB200", r"\bgb200\b", {"float32": 80.0, "tfloat32": 1250.0, "bfloat16": 2500.0, "float16": 2500.0, "float8": 5000.0},
+            "NVIDIA GB200 NVL72 datasheet, per Blackwell GPU (sparse figures halved)"),
+    GpuPeak("B200", r"\bb200\b", {"float32": 75.0, "tfloat32": 1100.0, "bfloat16": 2250.0, "float16": 2250.0, "float8": 4500.0},
+            "NVIDIA HGX B200 datasheet, per GPU (sparse figures halved)"),
     GpuPeak("H200 NVL", r"h200 nvl", {"float32": 60.0, "tfloat32": 417.5, "bfloat16": 835.5, "float16": 835.5, "float8": 1670.5},
             "NVIDIA H200 datasheet, NVL column (sparse figures halved)"),
     GpuPeak("H200", r"\bh200\b", {"float32": 67.0, "tfloat32": 494.5, "bfloat16": 989.5, "float16": 989.5, "float8": 1979.0},
@@ -112,3 +116,14 @@ def peak_flops_per_s(device_name: str | None, dtype: str, *, tf32: bool = False)
         return None
     tflops = row.tflops.get(normalise_dtype(dtype, tf32=tf32))
     return tflops * TERA if tflops is not None else None
+
+
+def devices_peak_flops_per_s(device_names: Sequence[str], dtype: str, *, tf32: bool = False) -> float | None:
+    """Summed dense peak FLOP/s of every device an engine computes on (tensor/pipeline parallel: all of them).
+
+    None when the list is empty or any device is unknown: a partial sum would overstate MFU.
+    """
+    peaks = [peak_flops_per_s(name, dtype, tf32=tf32) for name in device_names]
+    if not peaks or any(p is None for p in peaks):
+        return None
+    return float(sum(peaks))  # type: ignore[arg-type]

@@ -1,25 +1,30 @@
 """Repeated measured cycles (``cycles=N``): each headline metric per cycle, with mean, spread and 95 % CI.
 
 The confidence interval is Student's t over the cycle values (two-sided 95 %): with N cycles,
-mean ± t(0.975, N-1) × std / sqrt(N). One cycle gives no spread: std and CI are null.
+mean ± t(0.975, N−1) × std / sqrt(N), with the exact quantile (``scipy.stats.t.ppf``) for every
+N — the normal 1.96 is 3.9 % too narrow even at N − 1 = 31. One cycle gives no spread: std and
+CI are null.
+
+Positive quantities (J/token, tokens/s, power, latencies) cannot have a mean ≤ 0, so when the
+t interval's lower bound falls at or below 0 — few cycles with a large spread — it is clamped
+to 0 and ``ci95_low_clamped`` is true. Intersecting a confidence interval with the parameter
+space keeps its coverage exactly (the true mean is never excluded by the cut), and claims
+nothing the data do not show; a log-normal interval would give a tighter positive bound only
+by assuming a distribution that three to five cycles cannot check. A clamped bound says: run
+more cycles. Net-of-idle J/token can honestly be ≤ 0 (idle subtraction) and is never clamped.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from functools import cache
 from typing import Any
 
 from lem.results.latency import distribution, request_latencies
 from lem.results.phase_energy import energy_of, per
 from lem.results.reader import RawProcessRecords, clock_offsets
 
-# Two-sided 95 % quantiles of Student's t, t(0.975, df), df = 1..30; beyond 30 the normal 1.96 is within 2 %.
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)
 HEADLINE = (
     "j_per_output_token",
     "net_j_per_output_token",
@@ -32,23 +37,41 @@ HEADLINE = (
     "tpot_ms_p50",
     "e2e_ms_p50",
 )
+# Physically positive: a CI bound at or below 0 is clamped (module docstring). Net J/token may be <= 0.
+POSITIVE = frozenset(HEADLINE) - {"net_j_per_output_token"}
 
 
+@cache
 def t975(df: int) -> float:
-    return _T975[df - 1] if 1 <= df <= len(_T975) else 1.96
+    """Two-sided 95 % quantile of Student's t with ``df`` degrees of freedom, t(0.975, df)."""
+    if df < 1:
+        raise ValueError(f"t quantile needs df >= 1, got {df}")
+    from scipy.stats import t  # imported here: summaries only, never `lem --help`
+
+    return float(t.ppf(0.975, df))
 
 
-def mean_std_ci95(values: list[float]) -> dict[str, float | int | None]:
-    """Mean, sample standard deviation and the 95 % confidence interval of the mean."""
+def mean_std_ci95(values: list[float], *, positive: bool = False) -> dict[str, float | int | bool | None]:
+    """Mean, sample standard deviation and the 95 % confidence interval of the mean.
+
+    ``positive``: the quantity cannot be <= 0; a lower bound at or below 0 becomes 0 and
+    ``ci95_low_clamped`` is true (None where no interval was computed).
+    """
     n = len(values)
+    empty = {"std": None, "cv": None, "ci95_low": None, "ci95_high": None, "ci95_low_clamped": None}
     if n == 0:
-        return {"n": 0, "mean": None, "std": None, "cv": None, "ci95_low": None, "ci95_high": None}
+        return {"n": 0, "mean": None, **empty}
     mean = sum(values) / n
     if n < 2:
-        return {"n": n, "mean": mean, "std": None, "cv": None, "ci95_low": None, "ci95_high": None}
+        return {"n": n, "mean": mean, **empty}
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = t975(n - 1) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "cv": std / mean if mean else None, "ci95_low": mean - half, "ci95_high": mean + half}
+    low = mean - half
+    clamped = positive and low <= 0
+    return {
+        "n": n, "mean": mean, "std": std, "cv": std / mean if mean else None,
+        "ci95_low": 0.0 if clamped else low, "ci95_high": mean + half, "ci95_low_clamped": clamped,
+    }
 
 
 def cycles_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[str, Any] | None:
@@ -97,8 +120,15 @@ def cycles_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[
     for metric in HEADLINE:
         values = [row[metric] for row in per_cycle]
         # A metric missing in any cycle has no honest mean over the cycles.
-        stats[metric] = mean_std_ci95([float(v) for v in values]) if all(v is not None for v in values) else mean_std_ci95([])
+        ok = all(v is not None for v in values)
+        stats[metric] = mean_std_ci95([float(v) for v in values] if ok else [], positive=metric in POSITIVE)
     cv = stats["j_per_output_token"].get("cv")
     if cv is not None and cv > 0.05:
         warnings.append(f"J/token varies by {cv:.1%} (CV) across {len(cycles)} cycles: quote the confidence interval, not one cycle")
+    clamped = [m for m in HEADLINE if stats[m].get("ci95_low_clamped")]
+    if clamped:
+        warnings.append(
+            f"95 % CI lower bound of {', '.join(clamped)} clamped at 0 (the t interval reached below 0): "
+            f"{len(cycles)} cycles cannot bound these; run more cycles"
+        )
     return {"n_cycles": len(cycles), "per_cycle": per_cycle, "stats": dict(stats)}

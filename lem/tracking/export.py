@@ -56,7 +56,8 @@ HEADLINE_METRICS = (
     "latency/tpot_ms_p99",
     "latency/e2e_ms_p50",
     "latency/e2e_ms_p99",
-    "flops/flops_per_output_token",
+    "flops/useful_flops_per_output_token",
+    "flops/executed_flops_per_output_token",
     "memory/peak_rss_bytes",
 )
 ID_COLUMNS = ("run_id", "run_name", "status", "start_time", "parent_run_id", "sweep_id", "energy_source", "device", "run_dir")

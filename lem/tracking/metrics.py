@@ -1,7 +1,7 @@
 """A run's params and metrics: the config as dotted params, the summary as metric names with units.
 
 Metric names carry their kind and unit: ``energy/j_per_output_token``,
-``latency/ttft_ms_p50``, ``throughput/output_tokens_per_s``, ``flops/flops_per_output_token``,
+``latency/ttft_ms_p50``, ``throughput/output_tokens_per_s``, ``flops/useful_flops_per_output_token``,
 ``memory/peak_rss_bytes``, per phase ``energy/phase/generation_j`` and per device
 ``energy/device/cuda_0/generation_j``. A figure nothing measured (null) is left out: MLflow
 would have to show it as 0 or NaN, and lem never reports "not measured" as a number.

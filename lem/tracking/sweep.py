@@ -43,7 +43,7 @@ HEADLINE = (
     "latency/e2e_ms_p90",
     "energy/mean_power_w",
     "energy/generation_energy_j",
-    "flops/flops_per_output_token",
+    "flops/useful_flops_per_output_token",
     "memory/peak_rss_bytes",
 )
 # Best of the sweep: lower is better for energy and latency, higher for throughput.

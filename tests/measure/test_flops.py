@@ -296,7 +296,8 @@ def test_mfu_is_null_on_cpu_and_computed_for_a_known_gpu():
     cpu = flops_summary(rec, output_tokens=70, generation_wall_s=2.0, device_type="cpu", device_name="AMD EPYC 7T83 64-Core Processor", dtype="float32")
     assert cpu["mfu"] is None and cpu["hfu"] is None and cpu["peak_flops_per_s"] is None
     assert cpu["flops_per_s"] == pytest.approx(rec.total_flops / 2.0)
-    assert cpu["flops_per_output_token"] == pytest.approx(rec.total_flops / 70)
+    assert cpu["executed_flops_per_output_token"] == pytest.approx(rec.total_flops / 70)
+    assert cpu["useful_flops_per_output_token"] == pytest.approx(rec.useful_flops / 70)
     assert any("null on CPU" in n for n in cpu["notes"])
 
     gpu = flops_summary(rec, output_tokens=70, generation_wall_s=2.0, device_type="cuda", device_name="NVIDIA H100 80GB HBM3", dtype="bfloat16")
@@ -317,6 +318,10 @@ def test_mfu_is_null_on_cpu_and_computed_for_a_known_gpu():
     "device_name, dtype, expected",
     [
         ("NVIDIA H100 80GB HBM3", "bfloat16", 989.5e12),
+        ("NVIDIA B200", "float32", 75e12),  # HGX B200 (1000 W); 80 is GB200's
+        ("NVIDIA B200", "bfloat16", 2250e12),
+        ("NVIDIA GB200", "float32", 80e12),
+        ("NVIDIA GB200", "bfloat16", 2500e12),
         ("NVIDIA H100 PCIe", "float16", 756e12),
         ("NVIDIA H100 NVL", "bfloat16", 835.5e12),
         ("NVIDIA H200", "bfloat16", 989.5e12),

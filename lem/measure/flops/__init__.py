@@ -3,8 +3,8 @@
 Usable without Hydra. What the pipeline calls at the end of a run::
 
     record = count_run_flops("auto", requests, model=backend.model, model_path=path, kv_cache=True,
-                             device_name="NVIDIA H100 80GB HBM3", dtype="bfloat16")
-    summary = flops_summary(record, output_tokens=..., generation_wall_s=..., device_type="cuda")
+                             device_names=["NVIDIA H100 80GB HBM3"] * 2, dtype="bfloat16")
+    summary = flops_summary(record, output_tokens=..., generation_wall_s=..., input_tokens=..., device_type="cuda")
 
 Conventions (every strategy):
 
@@ -26,13 +26,23 @@ Conventions (every strategy):
   k = 1 … T−1 feeds one token that attends over n + k keys (KV cache). Without a KV cache
   (``kv_cache=False``) step k re-runs the whole n + k sequence.
 
-Two totals (see ``run_flops``):
+Two totals (see ``run_flops``), both reported per output token and per token (input +
+output), each split into prefill and decode (``*_prefill_share``):
 
-* **executed** (``total_flops``, the headline): what the engine computed. A padded batch
-  (``padded_input_tokens`` set) runs every row at the padded width W and keeps decoding
-  every row until its longest row has finished; requests without padding are counted alone.
+* **executed** (``total_flops``): what the engine computed. A padded batch
+  (``padded_input_tokens`` set; rows grouped by cycle and ``batch_id``) runs every row at the
+  padded width W and keeps decoding every row until its longest row has finished; requests
+  without padding are counted alone.
 * **useful** (``useful_flops``): each request alone, unpadded, KV cache on — the work its
   tokens needed. MFU uses useful FLOPs (PaLM's definition); HFU uses executed.
+
+Prefill dominates both on short outputs (a forward over the whole prompt against one token
+per decode step), so per-output-token figures are mostly prefill unless the share says not.
+
+**Peak FLOP/s** (``lem.measure.gpu_peaks``) is summed over every GPU the run computes on:
+each process records its engine's devices (``n_devices``: tensor × pipeline stages, or one
+process driving every pipeline stage) and late aggregation adds the processes up, so MFU is
+useful FLOP/s ÷ the peak of all of them, never of one.
 
 Strategies (``FlopsStrategy``): ``calflops`` counts prefill forwards and one decode step of
 the model (built on the meta device, eager attention, in a subprocess) and fits the

@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from lem.measure.flops.analytical import (
     SOURCE_PARAMS,
@@ -24,7 +25,7 @@ from lem.measure.flops.calflops_count import (
     STRUCTURE_TOLERANCE,
     calflops_fit,
 )
-from lem.measure.gpu_peaks import peak_flops_per_s
+from lem.measure.gpu_peaks import devices_peak_flops_per_s, peak_flops_per_s
 from lem.records import FlopsRecord
 
 # --- composing forwards into a generation ------------------------------------------------
@@ -80,17 +81,22 @@ class RequestTokens:
     input_tokens: int
     output_tokens: int
     padded_input_tokens: int | None = None  # set: a row of a padded batch that ran at this width
-    batch_id: int | None = None  # rows of one padded batch share it
+    batch_id: int | None = None  # rows of one padded batch share it (within one cycle)
+    cycle: int = 0  # measured cycle that served it: batch ids restart every cycle
 
 
 def _as_request(r: Any) -> RequestTokens:
     if isinstance(r, RequestTokens):
         return r
     if isinstance(r, Mapping):
-        return RequestTokens(int(r["input_tokens"]), int(r["output_tokens"]), r.get("padded_input_tokens"), r.get("batch_id"))
+        return RequestTokens(
+            int(r["input_tokens"]), int(r["output_tokens"]), r.get("padded_input_tokens"), r.get("batch_id"), int(r.get("cycle") or 0)
+        )
     if isinstance(r, Sequence):
         return RequestTokens(*r)
-    return RequestTokens(r.input_tokens, r.output_tokens, getattr(r, "padded_input_tokens", None), getattr(r, "batch_id", None))
+    return RequestTokens(
+        r.input_tokens, r.output_tokens, getattr(r, "padded_input_tokens", None), getattr(r, "batch_id", None), int(getattr(r, "cycle", 0) or 0)
+    )
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,10 @@ class RunFlops:
 def run_flops(cost: ForwardCost, requests: Iterable[Any], *, kv_cache: bool = True, causal_attention: bool = False) -> RunFlops:
     """Executed and useful FLOPs of a run's requests (``RequestTokens``, ``RequestRecord``s, dicts or tuples).
 
-    Rows with ``padded_input_tokens`` are grouped by ``batch_id``: a padded batch of B rows runs
-    at its widest padded width and decodes ``max(output_tokens)`` steps for every row (static
-    batching keeps finished rows in the batch). Requests without padding are counted alone.
+    Rows with ``padded_input_tokens`` are grouped by (``cycle``, ``batch_id``): batch ids restart
+    every measured cycle, so the same id in two cycles is two batches. A padded batch of B rows
+    runs at its widest padded width and decodes ``max(output_tokens)`` steps for every row
+    (static batching keeps finished rows in the batch). Requests without padding are counted alone.
     """
     reqs = [_as_request(r) for r in requests]
     executed, useful = ZERO, ZERO
@@ -114,7 +121,7 @@ def run_flops(cost: ForwardCost, requests: Iterable[Any], *, kv_cache: bool = Tr
         if r.padded_input_tokens is None:
             executed += generation_flops(cost, r.input_tokens, r.output_tokens, kv_cache=kv_cache, causal_attention=causal_attention)
         else:
-            batches.setdefault(r.batch_id if r.batch_id is not None else ("alone", i), []).append(r)
+            batches.setdefault((r.cycle, r.batch_id) if r.batch_id is not None else ("alone", i), []).append(r)
     for rows in batches.values():
         width = max(max(int(r.padded_input_tokens or 0), r.input_tokens) for r in rows)
         steps = max(r.output_tokens for r in rows)
@@ -139,6 +146,7 @@ def count_run_flops(
     dtype: str | None = None,
     tf32: bool = False,
     calflops_timeout_s: float = 300.0,
+    device_names: Sequence[str] | None = None,
 ) -> FlopsRecord:
     """FLOPs of a run's generation phase as a ``FlopsRecord`` (strategy used in ``source``, reasons in ``notes``).
 
@@ -146,16 +154,17 @@ def count_run_flops(
     ``requests``: the run's ``RequestRecord``s (or anything with input_tokens, output_tokens,
     padded_input_tokens, batch_id). ``model``: the loaded HF model (for its config and the
     params count); or ``config`` / ``model_path`` when no model is in this process.
-    ``device_name``/``dtype``: the GPU (``torch.cuda.get_device_name()``) and compute dtype,
-    for the peak FLOP/s stored beside the count (None on CPU).
+    ``device_names``/``dtype``: every GPU the engine computes on (``torch.cuda.get_device_name(i)``
+    for each tensor/pipeline stage) and the compute dtype, for the peak FLOP/s stored beside the
+    count: summed over the devices (None on CPU). ``device_name``: one GPU, the same as a list of one.
     """
     name = str(getattr(strategy, "value", strategy))
     if name not in ("auto", "calflops", "analytical", "params", "off"):
         raise ValueError(f"flops.strategy={name}: expected one of auto, calflops, analytical, params, off")
     reqs = [_as_request(r) for r in requests]
-    peak = peak_flops_per_s(device_name, dtype, tf32=tf32) if device_name and dtype else None
+    device = _device_peaks(list(device_names) if device_names else ([device_name] if device_name else []), dtype, tf32)
     if name == "off":
-        return FlopsRecord(strategy=name, peak_flops_per_s=peak, notes=["flops.strategy=off: not counted"])
+        return FlopsRecord(strategy=name, notes=["flops.strategy=off: not counted"], **device)
     if config is None and model is not None:
         config = getattr(model, "config", None)
 
@@ -203,7 +212,7 @@ def count_run_flops(
         except Exception as e:  # noqa: BLE001 - any failure here means: no count, say why
             notes.append(f"2x_params: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
     if chosen is None:
-        return FlopsRecord(strategy=name, peak_flops_per_s=peak, notes=notes)
+        return FlopsRecord(strategy=name, notes=notes, **device)
 
     if chosen.source == SOURCE_PARAMS:
         notes.append("2x_params: attention score/value matmuls not counted; embedding tables excluded")
@@ -216,11 +225,25 @@ def count_run_flops(
         useful_flops=result.useful.total_flops,
         prefill_flops=result.executed.prefill_flops,
         decode_flops=result.executed.decode_flops,
+        useful_prefill_flops=result.useful.prefill_flops,
+        useful_decode_flops=result.useful.decode_flops,
         strategy=name,
         calflops_vs_analytical=cross_check,
-        peak_flops_per_s=peak,
         notes=notes,
+        **device,
     )
+
+
+def _device_peaks(names: list[str], dtype: str | None, tf32: bool) -> dict[str, Any]:
+    """The record's peak fields: summed over every device the engine computes on, and one device's."""
+    if not names:
+        return {"peak_flops_per_s": None, "n_devices": None, "peak_flops_per_s_per_device": None}
+    each = {peak_flops_per_s(n, dtype, tf32=tf32) if dtype else None for n in names}
+    return {
+        "peak_flops_per_s": devices_peak_flops_per_s(names, dtype, tf32=tf32) if dtype else None,
+        "n_devices": len(names),
+        "peak_flops_per_s_per_device": next(iter(each)) if len(each) == 1 else None,  # None: the GPUs differ
+    }
 
 
 def flops_summary(
@@ -228,31 +251,40 @@ def flops_summary(
     output_tokens: int,
     generation_wall_s: float | None,
     *,
+    input_tokens: int | None = None,
     device_name: str | None = None,
     dtype: str | None = None,
     device_type: str | None = None,
     tf32: bool = False,
+    n_devices: int | None = None,
 ) -> dict[str, Any]:
-    """Derived compute metrics: FLOPs per output token, achieved FLOP/s, MFU and HFU.
+    """Derived compute metrics: executed and useful FLOPs per token, prefill shares, FLOP/s, MFU and HFU.
 
-    ``flops_per_s`` = executed FLOPs / generation wall time. ``mfu`` = useful FLOPs / wall /
-    peak (PaLM's model FLOPs utilisation: padding and recomputation excluded); ``hfu`` uses
-    executed FLOPs. Both are null on CPU and on GPUs missing from the peak table.
+    Two totals, each per output token and per token (input + output), and each split into
+    prefill and decode: **executed** (``total_flops``: padding and a padded batch's finished
+    rows included) and **useful** (real tokens only, each request alone). ``flops_per_s`` =
+    executed FLOPs / generation wall time. ``mfu`` = useful FLOPs / wall / peak (PaLM's model
+    FLOPs utilisation); ``hfu`` uses executed FLOPs. The peak is summed over every device the
+    run computes on (the record's, else ``n_devices`` × ``device_name``'s). Both null on CPU
+    and on GPUs missing from the peak table.
     """
     rec = record if isinstance(record, Mapping) else record.__dict__
     total, useful = rec.get("total_flops"), rec.get("useful_flops")
     on_cpu = device_type == "cpu"
+    devices = rec.get("n_devices") or n_devices
     peak = None if on_cpu else rec.get("peak_flops_per_s")
+    per_device = None if on_cpu else rec.get("peak_flops_per_s_per_device")
     if peak is None and not on_cpu and device_name and dtype:
-        peak = peak_flops_per_s(device_name, dtype, tf32=tf32)
+        per_device = peak_flops_per_s(device_name, dtype, tf32=tf32)
+        peak = per_device * (devices or 1) if per_device is not None else None
     wall = generation_wall_s if generation_wall_s and generation_wall_s > 0 else None
+    n_tokens = output_tokens + input_tokens if input_tokens is not None else None
 
-    def per_s(x: Any) -> float | None:
-        return float(x) / wall if x is not None and wall else None
+    def ratio(x: Any, y: Any) -> float | None:
+        return float(x) / y if x is not None and y else None
 
-    def util(x: Any) -> float | None:
-        rate = per_s(x)
-        return rate / peak if rate is not None and peak else None
+    def share(prefill: Any, decode: Any) -> float | None:
+        return ratio(prefill, float(prefill) + float(decode)) if prefill is not None and decode is not None else None
 
     if on_cpu:
         mfu_note = "MFU is null on CPU: no peak FLOP/s table for CPUs"
@@ -261,16 +293,25 @@ def flops_summary(
     else:
         mfu_note = None
     return {
-        "total_flops": total,
+        "total_flops": total,  # executed
         "useful_flops": useful,
-        "prefill_flops": rec.get("prefill_flops"),
+        "prefill_flops": rec.get("prefill_flops"),  # executed
         "decode_flops": rec.get("decode_flops"),
-        "flops_per_output_token": float(total) / output_tokens if total is not None and output_tokens else None,
-        "flops_per_s": per_s(total),
-        "useful_flops_per_s": per_s(useful),
-        "mfu": util(useful),
-        "hfu": util(total),
-        "peak_flops_per_s": peak,
+        "useful_prefill_flops": rec.get("useful_prefill_flops"),
+        "useful_decode_flops": rec.get("useful_decode_flops"),
+        "executed_flops_per_output_token": ratio(total, output_tokens),
+        "useful_flops_per_output_token": ratio(useful, output_tokens),
+        "executed_flops_per_token": ratio(total, n_tokens),
+        "useful_flops_per_token": ratio(useful, n_tokens),
+        "executed_prefill_share": share(rec.get("prefill_flops"), rec.get("decode_flops")),
+        "useful_prefill_share": share(rec.get("useful_prefill_flops"), rec.get("useful_decode_flops")),
+        "flops_per_s": ratio(total, wall),  # executed
+        "useful_flops_per_s": ratio(useful, wall),
+        "mfu": ratio(ratio(useful, wall), peak),
+        "hfu": ratio(ratio(total, wall), peak),
+        "peak_flops_per_s": peak,  # summed over n_devices
+        "n_devices": devices,
+        "peak_flops_per_s_per_device": per_device,
         "source": rec.get("source"),
         "notes": list(rec.get("notes") or []) + ([mfu_note] if mfu_note else []),
     }
