@@ -84,3 +84,9 @@ class Isolation(Enum):
 class ReportFormat(Enum):
     table = "table"  # the aligned text table
     json = "json"  # summary.json on stdout, for scripts (the table is not printed)
+
+
+class RecordTokenIds(Enum):
+    auto = "auto"  # on when dataset.n_prompts x cycles x dataset.max_output_tokens <= 1,000,000 tokens
+    on = "on"  # every request record carries its output token ids
+    off = "off"  # output_token_ids is null in every request record

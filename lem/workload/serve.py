@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
+from lem.config.types import RecordTokenIds
 from lem.records import RequestRecord
 from lem.workload.admission import Admission
 from lem.workload.scheduler import ScheduledBatch, open_loop_batches
@@ -47,7 +48,21 @@ def generation_params(cfg: LemConfig) -> GenerationParams:
         top_k=dec.top_k,
         repetition_penalty=dec.repetition_penalty,
         seed=dec.seed,
+        record_token_ids=records_token_ids(cfg),
     )
+
+
+# run.record_token_ids=auto records output token ids when a run generates at most this many tokens
+# (n_prompts x cycles x max_output_tokens): a few MB of JSON, about what token_times_s already costs.
+AUTO_TOKEN_IDS_MAX_TOKENS = 1_000_000
+
+
+def records_token_ids(cfg: LemConfig) -> bool:
+    """Whether request records carry their output token ids (``run.record_token_ids``)."""
+    setting = cfg.run.record_token_ids
+    if setting is RecordTokenIds.auto:
+        return cfg.dataset.n_prompts * cfg.cycles * cfg.dataset.max_output_tokens <= AUTO_TOKEN_IDS_MAX_TOKENS
+    return setting is RecordTokenIds.on
 
 
 def serve_open_loop(
@@ -121,4 +136,5 @@ def request_record(
         finish_reason=finish_reason,
         padded_input_tokens=raw.padded_input_tokens,
         truncated=request.truncated,
+        output_token_ids=[int(t) for t in raw.output_token_ids[:n_output]] if params.record_token_ids else None,
     )

@@ -43,3 +43,4 @@ class GenerationParams:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int = 0
+    record_token_ids: bool = False  # request records carry their output token ids (not a decoding setting: engines ignore it)

@@ -84,6 +84,20 @@ def test_pipeline_sharding_and_an_explicit_tp_by_pp_split(tiny_dir: Path) -> Non
     assert (args["tensor_parallel_size"], args["pipeline_parallel_size"]) == (2, 2)
 
 
+def test_the_eos_exempt_penalty_processor_is_always_loaded_except_with_speculative_decoding(tiny_dir: Path) -> None:
+    from lem.backends.vllm.engine import vllm_engine_args
+
+    cfg = make_cfg(tiny_dir)
+    processor = "lem.backends.vllm.eos_exempt:EosExemptRepetitionPenalty"
+    # Always: a reused engine may serve a later job whose decoder sets a repetition penalty.
+    assert vllm_engine_args(EngineSpec.of(cfg), str(tiny_dir))["logits_processors"] == [processor]
+    cfg.backend.vllm.engine_args = {"logits_processors": ["mine:Processor"]}  # the user's run after lem's
+    assert vllm_engine_args(EngineSpec.of(cfg), str(tiny_dir))["logits_processors"] == [processor, "mine:Processor"]
+    cfg.backend.vllm.engine_args = {}
+    cfg.backend.vllm.speculative_config = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}
+    assert "logits_processors" not in vllm_engine_args(EngineSpec.of(cfg), str(tiny_dir))
+
+
 def test_max_model_len_is_capped_at_the_models_context(tiny_dir: Path) -> None:
     from lem.backends.vllm.engine import vllm_engine_args
 

@@ -68,7 +68,10 @@ def test_the_first_command_users_type_runs_and_a_sweep_reuses_the_engine(tmp_pat
     assert first[0]["engine"] == "vllm" and first[0]["device_type"] == "cpu" and first[0]["dtype"] == "float32"
     assert first[0]["engine_reused"] is False and second[0]["engine_reused"] is True  # one engine for the sweep
     assert first[0]["pid"] == second[0]["pid"]
-    assert [r["name"] for r in second if r["kind"] == "phase"] == ["warmup", "generation"]
+    # The reused engine pays no setup, but idle is measured in the same state as the first job's: model loaded.
+    assert [r["name"] for r in first if r["kind"] == "phase"] == ["engine_init", "model_load", "idle_baseline", "warmup", "generation"]
+    assert [r["name"] for r in second if r["kind"] == "phase"] == ["idle_baseline", "warmup", "generation"]
+    assert [r["state"] for job in (first, second) for r in job if r["kind"] == "idle_baseline"] == ["model_loaded", "model_loaded"]
     summaries = [json.loads((sweep_dir / job / "summary.json").read_text()) for job in ("0", "1")]
     grouped, continuous = (s["batching"] for s in summaries)
     assert grouped["strategy"] == "sorted_dynamic" and grouped["n_batches"] >= 1

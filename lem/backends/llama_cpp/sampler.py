@@ -1,8 +1,8 @@
 """lem's decoding settings as a llama.cpp C sampler chain, in Hugging Face ``generate``'s order.
 
-EOS mask for min/ignore_eos → repetition penalty over prompt + output → temperature → top-k →
-top-p → draw, instead of llama-cpp-python's default chain (top-k → typical → top-p → min-p →
-temperature, min_p=0.05), which would decode differently. ``sampler_steps`` and the seeds are
+EOS mask for min/ignore_eos → repetition penalty over prompt + output, EOS ids exempt →
+temperature → top-k → top-p → draw, instead of llama-cpp-python's default chain (top-k →
+typical → top-p → min-p → temperature, min_p=0.05), which would decode differently. ``sampler_steps`` and the seeds are
 plain Python (unit-testable without the package); the chains take the ``llama_cpp`` module as
 an argument and never import it.
 """
@@ -36,7 +36,8 @@ def sampler_steps(
 
     ``mask_eos``: EOS may not be drawn (min_output_tokens not reached yet, or ignore_eos — as
     in the PyTorch adapter, where min_new_tokens masks it). The repetition penalty covers the
-    whole prompt and output (``penalty_window_tokens``), as Hugging Face's does.
+    whole prompt and output (``penalty_window_tokens``), as Hugging Face's does, except the EOS
+    ids, which ``SamplerChains.accept_prompt`` keeps out of its history.
     """
     steps: list[SamplerStep] = []
     if mask_eos and eos_ids:
@@ -78,6 +79,7 @@ class SamplerChains:
     ) -> None:
         self._lib = lib
         self._masked_until = masked_until
+        self._eos_ids = frozenset(int(t) for t in eos_ids)
         kinds = [False] if masked_until == 0 else [True] if masked_until >= params.max_output_tokens else [True, False]
         self._chains: dict[bool, Any] = {}
         for mask in kinds:
@@ -85,9 +87,12 @@ class SamplerChains:
             self._chains[mask] = _build_chain(lib, steps, n_vocab)
 
     def accept_prompt(self, prompt: Sequence[int]) -> None:
+        """The prompt into the penalty history, less its EOS ids: lem never penalises EOS (a chat
+        template ends every turn with it). A sampled EOS ends the request, so none enters later."""
         for chain in self._chains.values():
             for token in prompt:
-                self._lib.llama_sampler_accept(chain, token)
+                if token not in self._eos_ids:
+                    self._lib.llama_sampler_accept(chain, token)
 
     def sample(self, ctx: Any, step: int) -> int:
         mask = step < self._masked_until

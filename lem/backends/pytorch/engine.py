@@ -303,6 +303,14 @@ class PyTorchBackend(LoadedTokenizer):
         }
         if params.do_sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        if params.repetition_penalty != 1.0:
+            # lem's penalty (EOS ids exempt) and the warpers after it, in generate's order; generate's own off.
+            from lem.backends.pytorch.penalty import penalty_chain
+
+            kwargs["logits_processor"] = penalty_chain(params, self._eos_ids)
+            kwargs["repetition_penalty"] = 1.0
+            if params.do_sample:
+                kwargs.update(temperature=1.0, top_p=1.0, top_k=0)
         kwargs.update(self._compile_kwargs)
         return kwargs
 

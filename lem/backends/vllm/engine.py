@@ -67,6 +67,9 @@ def resolved_dtype(dtype: str, on_cpu: bool) -> str:
     return dtype
 
 
+EOS_EXEMPT_PROCESSOR = "lem.backends.vllm.eos_exempt:EosExemptRepetitionPenalty"  # = eos_exempt.QUALNAME
+
+
 def vllm_engine_args(spec: EngineSpec, model_path: str, on_cpu: bool = False) -> dict[str, Any]:
     """The ``vllm.EngineArgs`` fields that ``spec`` asks for (``on_cpu``: vLLM's CPU build)."""
     v = spec.options
@@ -98,7 +101,14 @@ def vllm_engine_args(spec: EngineSpec, model_path: str, on_cpu: bool = False) ->
         value = getattr(v, name)
         if value is not None:
             args[name] = value
-    args.update(v.engine_args)
+    if v.speculative_config is None:  # vLLM refuses custom logits processors with speculative decoding
+        # The repetition penalty exempts the EOS ids, as on every engine (conf/decoder/creative.yaml). A name,
+        # not the class: the module imports vllm and is loaded by vLLM's engine core.
+        args["logits_processors"] = [EOS_EXEMPT_PROCESSOR]
+    user = dict(v.engine_args)
+    if "logits_processors" in user and "logits_processors" in args:
+        user["logits_processors"] = [*args["logits_processors"], *user["logits_processors"]]
+    args.update(user)
     return args
 
 
