@@ -1,4 +1,4 @@
-"""The measured run, phase by phase: idle baseline → engine init → model load → warmup → generation.
+"""The measured run, phase by phase: engine init → model load → idle baseline → warmup → generation.
 
 Every phase is an energy window of one meter (``lem.measure.energy``), on one monotonic clock;
 consecutive phases share their boundary reading, so their energies add up to the whole run's.
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 SAMPLE_FLUSH_INTERVAL_S = 5.0  # how often the power timeline is appended to the raw file during generation
 RUN_WINDOW = "run"
+IDLE_PHASE = "idle_baseline"  # the phase that waits for power to settle and measures idle (between model load and warmup)
 
 
 class SoloGroup:
@@ -105,21 +106,28 @@ def run_measurement(
     meter.start()
     backend = None
     try:
-        baseline = meter.measure_idle()
-
-        # Setup: engine init and model load, unless an identical engine is already loaded.
+        # Setup: engine init and model load, unless an identical engine is already loaded. Then the
+        # idle baseline, in one defined state for every job: engine up, model resident, power settled.
         backend, reused = engines.take(cfg) if engines is not None else (None, False)
         setup_windows = []
+        idle_phase = IDLE_PHASE if meter.measures_idle else "warmup"
         if backend is None:
             backend = create_engine(cfg)  # the registry's adapter class for backend.name
             meter.begin_window("engine_init", also=(RUN_WINDOW,))
             backend.init_engine()
             meter.end_window("engine_init", backend.synchronize, begin_next="model_load")
             backend.load_model()
-            meter.end_window("model_load", backend.synchronize, begin_next="warmup")
+            meter.end_window("model_load", backend.synchronize, begin_next=idle_phase)
             setup_windows = [meter.closed("engine_init"), meter.closed("model_load")]
         else:
-            meter.begin_window("warmup", also=(RUN_WINDOW,))
+            meter.begin_window(idle_phase, also=(RUN_WINDOW,))
+        meter.verify_devices()  # CUDA is up now: NVML's devices against torch's UUIDs
+        group.barrier()  # every rank idles together: no rank's warmup (or collective spin) runs on a measured device
+        baseline = meter.measure_idle()  # state model_loaded (lem.measure.energy.baseline)
+        group.barrier()
+        if baseline is not None:
+            meter.end_window(IDLE_PHASE, backend.synchronize, begin_next="warmup")
+            setup_windows.append(meter.closed(IDLE_PHASE))
 
         _warn_unapplied_batching(cfg, backend)
         batching = effective_batching(cfg)  # batching=auto resolved for this engine
@@ -152,27 +160,32 @@ def run_measurement(
             writer.write(window.phase_record())
         _flush_samples(meter, writer)
 
-        # Warmup (the window is open): tokenising the prompts is engine-independent and cheap,
-        # and the first planned batches' shapes are run and discarded.
+        # Warmup (the window is open): tokenising the prompts is engine-independent and cheap;
+        # the run's largest shapes are run, then more planned batches until power is steady.
         if prompts is None:
             prompts = load_prompts(cfg.dataset, tokenizer=backend.tokenizer)
         from lem.workload.batching import plan_batches
         from lem.workload.prepare import prepare_requests
+        from lem.workload.warmup import warm_up
 
         requests = prepare_requests(prompts, backend.tokenizer, cfg.model, cfg.dataset.max_input_tokens)
         requests = shard_requests(requests, cfg.sharding, group.rank, group.size)
         recording = records_requests(cfg.sharding, group.rank)
         params = generation_params(cfg)
-        warmup_params = replace(
+        warmup = warm_up(
+            backend,
+            plan_batches(requests, batching, params.max_output_tokens),
             params,
-            max_output_tokens=min(params.max_output_tokens, cfg.run.warmup_max_output_tokens),
-            min_output_tokens=min(params.min_output_tokens, cfg.run.warmup_max_output_tokens),
+            min_passes=cfg.run.warmup_batches,
+            min_s=cfg.run.warmup_min_s,
+            max_s=cfg.run.warmup_max_s,
+            max_output_tokens=cfg.run.warmup_max_output_tokens,
+            meter=meter,
         )
-        for batch in plan_batches(requests, batching, params.max_output_tokens)[: cfg.run.warmup_batches]:
-            backend.generate(batch, warmup_params)
         group.barrier()  # ranks start generating together, so their measured windows overlap
         meter.end_window("warmup", backend.synchronize, begin_next="generation")
         writer.write(meter.closed("warmup").phase_record())
+        writer.write(warmup)
 
         records: list[RequestRecord] = []
         steps = StepLog("lem batches" if backend.scheduling == "batch" else "lem handovers")
@@ -205,6 +218,9 @@ def run_measurement(
                 window = meter.end_window("cooldown", lambda: None, begin_next="generation")
                 writer.write(replace(window.phase_record(), cycle=cycle))
         writer.write(meter.closed(RUN_WINDOW).window_record())
+        recheck = meter.recheck_idle(cfg.energy.idle_recheck_s)  # after the run window: drift is reported, not applied
+        if recheck is not None:
+            writer.write(recheck)
         meter.stop()
         _flush_samples(meter, writer)
         writer.write(meter.record())
@@ -287,7 +303,8 @@ def _count_flops(cfg: LemConfig, backend: Any, description: Any, records: list[R
         model_path=model_path,
         trust_remote_code=cfg.model.trust_remote_code,
         kv_cache=bool(description.extra.get("use_cache", True)),
-        device_name=description.device_names[0] if on_gpu and description.device_names else None,
+        # Every GPU the engine computes on (tensor x pipeline stages): MFU's peak is their sum.
+        device_names=description.device_names if on_gpu else None,
         dtype=compute_dtype if on_gpu else None,
     )
 
@@ -306,6 +323,7 @@ def _energy_meter(energy_cfg: EnergyConfig, cuda_indices: list[int] | None, t0: 
         sample_interval_ms=energy_cfg.sample_interval_ms,
         idle_baseline_s=energy_cfg.idle_baseline_s,
         idle_baseline_cache_max_age_s=energy_cfg.idle_baseline_cache_max_age_s,
+        idle_settle_max_s=energy_cfg.idle_settle_max_s,
         pue=energy_cfg.pue,
         carbon_intensity_g_per_kwh=energy_cfg.carbon_intensity_g_per_kwh,
         country_iso_code=cc.country_iso_code,

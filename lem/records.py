@@ -18,15 +18,18 @@ from typing import Any, Literal
 RAW_SCHEMA_VERSION = "lem.raw/1"
 SUMMARY_SCHEMA_VERSION = "lem.summary/1"
 
-PhaseName = Literal["engine_init", "model_load", "warmup", "generation", "cooldown"]
+PhaseName = Literal["engine_init", "model_load", "idle_baseline", "warmup", "generation", "cooldown"]
+# idle_baseline: waiting for power to settle and measuring idle, with the model loaded (energy.idle_baseline_s > 0).
 # cooldown: the pause between measured cycles (cycles > 1), measured so the phases still add up to the run.
-PHASE_ORDER: tuple[str, ...] = ("engine_init", "model_load", "warmup", "generation", "cooldown")
+PHASE_ORDER: tuple[str, ...] = ("engine_init", "model_load", "idle_baseline", "warmup", "generation", "cooldown")
 
 # Where a figure came from. None means nothing measured it (the value is null too).
 EnergySource = Literal["counter", "sampled", "rapl", "estimated"]
 
 # NVML throttle reasons (as lem names them in records) that mean the GPU ran slower than it could.
-THROTTLING = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"})
+THROTTLING = frozenset(
+    {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "board_limit", "reliability"}
+)
 
 
 @dataclass
@@ -70,6 +73,12 @@ class EnergyReading:
     n_samples: int | None = None  # power samples inside the window (boundaries included)
     throttle_reasons: list[str] | None = None  # GPU clock-event reasons seen in the window (NVML), [] none
     other_pids: list[int] | None = None  # other processes seen on this GPU during the window, [] none
+    # The physical device behind the reading: NVML GPU UUID, RAPL sysfs zone, CodeCarbon model id.
+    # Late aggregation uses it to prove each physical device is counted once across processes.
+    device_id: str | None = None
+    # One standard error of the idle mean power x window duration: net_energy_j is known to +- this
+    # (the idle baseline's sampling error only; the counter's own error is not included). None without a baseline.
+    net_energy_uncertainty_j: float | None = None
 
 
 @dataclass
@@ -82,6 +91,7 @@ class IdlePower:
     std_power_w: float | None  # sample standard deviation of the power readings in the window
     n_samples: int  # power readings behind std_power_w
     source: EnergySource
+    device_id: str | None = None  # the physical device (see EnergyReading.device_id)
 
 
 @dataclass
@@ -94,7 +104,33 @@ class IdleBaselineRecord:
     power: list[IdlePower] = field(default_factory=list)
     start_s: float | None = None  # on this process's clock; None when cached
     end_s: float | None = None
+    # The state the devices were in (IDLE_STATES in lem.measure.energy.baseline): "model_loaded" is
+    # lem's one defined state (engine up, weights resident, nothing running, power settled).
+    state: str = "model_loaded"
+    # "before_warmup": the baseline every window is net of; "after_generation": a re-measurement
+    # (energy.idle_recheck_s) that only reports drift.
+    when: str = "before_warmup"
+    settle_s: float | None = None  # waited for power to settle before measuring (None: cached)
+    settled: bool | None = None  # power steady before measuring; None: no measured power to settle on (or cached)
+    # Per device: what the baseline depends on besides the device itself (driver, enforced power limit).
+    device_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     kind: str = "idle_baseline"
+
+
+@dataclass
+class WarmupRecord:
+    """What warmup did before the measured generation: shapes run, passes, and whether power settled."""
+
+    passes: int  # generate() calls, each a batch of requests
+    requests: int  # requests served in those passes
+    largest_batch_size: int  # the largest batch the run will use (run at least once)
+    largest_input_tokens: int  # its longest prompt: the widest input the run will use
+    max_output_tokens: int  # output length of the largest-shape pass (the run's own unless run.warmup_max_output_tokens caps it)
+    duration_s: float
+    stable: bool | None  # power/clocks steady between the last two spans; None: no measured power (minimum passes/duration only)
+    criterion: str  # how warmup decided to stop, in words
+    power_w_by_span: list[float | None] = field(default_factory=list)  # total measured power of each compared span
+    kind: str = "warmup"
 
 
 @dataclass
@@ -199,6 +235,8 @@ class RequestRecord:
     padded_input_tokens: int | None = None  # input length the engine actually processed, padding included
     cycle: int = 0  # which measured cycle served it (cycles > 1 repeat every request)
     truncated: bool = False  # dataset.max_input_tokens cut its prompt (lem.workload.prepare)
+    # The output tokens lem counted (len == output_tokens, EOS included); None when run.record_token_ids is off.
+    output_token_ids: list[int] | None = None
     kind: str = "request"
 
 
@@ -222,8 +260,12 @@ class FlopsRecord:
     decode_flops: float | None = None  # executed, decode forwards
     strategy: str | None = None  # the strategy asked for (flops.strategy); source says which one counted
     calflops_vs_analytical: float | None = None  # calflops / analytical for one prefill forward, when both ran
-    peak_flops_per_s: float | None = None  # dense peak of the device for the compute dtype; None on CPU/unknown GPU
+    peak_flops_per_s: float | None = None  # dense peak summed over n_devices for the compute dtype; None on CPU/unknown GPU
     notes: list[str] = field(default_factory=list)  # why a strategy was skipped, cross-checks, caveats
+    useful_prefill_flops: float | None = None  # useful, prefill forwards (each request alone, unpadded)
+    useful_decode_flops: float | None = None  # useful, decode forwards
+    n_devices: int | None = None  # GPUs this process's engine computes on (tensor x pipeline stages); None on CPU
+    peak_flops_per_s_per_device: float | None = None  # one device's dense peak; None when unknown or the GPUs differ
     kind: str = "flops"
 
 

@@ -60,7 +60,8 @@ def test_run_writes_records_and_summary(tiny_model: Path, tmp_path: Path) -> Non
     assert lines[-1] == {"status": "completed", "end_s": lines[-1]["end_s"], "kind": "end"}
 
     phases = [line for line in lines if line["kind"] == "phase"]
-    assert [p["name"] for p in phases] == ["engine_init", "model_load", "warmup", "generation"]
+    # Idle is measured after the model is loaded (one defined state for every job), as a phase of its own.
+    assert [p["name"] for p in phases] == ["engine_init", "model_load", "idle_baseline", "warmup", "generation"]
     assert all(p["end_s"] >= p["start_s"] for p in phases)
     assert all(a["end_s"] <= b["start_s"] + 1e-9 for a, b in zip(phases, phases[1:]))
     generation = phases[-1]
@@ -98,10 +99,17 @@ def test_run_writes_records_and_summary(tiny_model: Path, tmp_path: Path) -> Non
     assert any("estimated" in w for w in summary["warnings"])
     for p in phases:
         assert {r["component"] for r in p["energy"]} == {"cpu", "dram"} and all(r["source"] == "estimated" for r in p["energy"])
-    phase_sum = sum(summary["phases"][n]["energy_j"] for n in ("engine_init", "model_load", "warmup", "generation"))
+    phase_sum = sum(summary["phases"][n]["energy_j"] for n in ("engine_init", "model_load", "idle_baseline", "warmup", "generation"))
     assert phase_sum == pytest.approx(energy["run_energy_j"], rel=0.005)  # E_total = sum of phases
     idle = {d["device"]: d for d in energy["idle_baseline"]["devices"]}
     assert set(idle) == {"cpu", "ram"} and all(d["mean_power_w"] > 0 for d in idle.values())
+    assert energy["idle_baseline"]["state"] == "model_loaded"
+    assert energy["idle_baseline"]["settled"] is None  # estimated power only: nothing measured to settle on
+    # Warmup ran the run's largest shape (batch of 4, longest prompts) at the run's output length, and says why it stopped.
+    warmup = next(line for line in lines if line["kind"] == "warmup")
+    assert warmup["largest_batch_size"] == 4 and warmup["max_output_tokens"] == max_out and warmup["passes"] >= 1
+    assert warmup["stable"] is None and "no measured power" in warmup["criterion"]
+    assert summary["warmup"]["passes"] == warmup["passes"]
     assert summary["flops"]["total_flops"] > 0 and summary["flops"]["source"] in ("calflops", "analytical")
 
     # The batch the engine ran: one engine_steps row per lem batch (auto = static batches of 4 for PyTorch).
@@ -209,7 +217,7 @@ def test_cycles_repeat_generation_on_one_loaded_engine(tiny_model: Path, tmp_pat
     lines = read_lines(run_dir / "raw" / "process-0.jsonl")
     phases = [(line["name"], line["cycle"]) for line in lines if line["kind"] == "phase"]
     assert phases == [
-        ("engine_init", None), ("model_load", None), ("warmup", None),
+        ("engine_init", None), ("model_load", None), ("idle_baseline", None), ("warmup", None),
         ("generation", 0), ("cooldown", 0), ("generation", 1), ("cooldown", 1), ("generation", 2),
     ]
     cooldowns = [line for line in lines if line["kind"] == "phase" and line["name"] == "cooldown"]

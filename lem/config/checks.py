@@ -159,6 +159,8 @@ def check_energy(cfg: LemConfig) -> None:
     e = cfg.energy
     at_least("energy.idle_baseline_s", e.idle_baseline_s, 0)
     at_least("energy.idle_baseline_cache_max_age_s", e.idle_baseline_cache_max_age_s, 0)
+    at_least("energy.idle_settle_max_s", e.idle_settle_max_s, 0)
+    at_least("energy.idle_recheck_s", e.idle_recheck_s, 0)
     in_range("energy.sample_interval_ms", e.sample_interval_ms, 1.0, 60_000.0)
     in_range("energy.pue", e.pue, 1.0, 5.0)
     if e.carbon_intensity_g_per_kwh is not None:
@@ -180,7 +182,12 @@ def check_run(cfg: LemConfig) -> None:
     at_least("cycles", cfg.cycles, 1)
     at_least("run.cycle_cooldown_s", r.cycle_cooldown_s, 0)
     at_least("run.warmup_batches", r.warmup_batches, 0)
-    at_least("run.warmup_max_output_tokens", r.warmup_max_output_tokens, 1)
+    if r.warmup_max_output_tokens is not None:
+        at_least("run.warmup_max_output_tokens", r.warmup_max_output_tokens, 1)
+    at_least("run.warmup_min_s", r.warmup_min_s, 0)
+    at_least("run.warmup_max_s", r.warmup_max_s, 0)
+    if r.warmup_min_s > r.warmup_max_s:
+        raise ConfigError("run.warmup_min_s", r.warmup_min_s, f"a duration <= run.warmup_max_s={r.warmup_max_s:g}")
     if r.job_timeout_s is not None:
         in_range("run.job_timeout_s", r.job_timeout_s, 0.0, 30 * 86_400.0, low_open=True)
 

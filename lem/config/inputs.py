@@ -38,6 +38,12 @@ def check_inputs(cfg: LemConfig) -> list[str]:
             f"batching.batch_size={cfg.batching.batch_size}: larger than dataset.n_prompts={n_prompts}, "
             f"so no batch holds more than {n_prompts} requests"
         )
+    vllm = getattr(cfg.backend, "vllm", None)
+    if cfg.backend.name.value == "vllm" and vllm is not None and vllm.speculative_config is not None and cfg.decoder.repetition_penalty != 1.0:
+        warnings.append(
+            f"decoder.repetition_penalty={cfg.decoder.repetition_penalty:g} with backend.vllm.speculative_config: vLLM then "
+            "penalises the EOS id too (custom logits processors are refused with speculative decoding), unlike lem's other engines"
+        )
     model_config = _check_model(cfg)
     if model_config is not None:
         _check_tensor_parallel(cfg, model_config)

@@ -27,6 +27,7 @@ from lem.config.types import (
     Isolation,
     LengthDistribution,
     Quantization,
+    RecordTokenIds,
     ReportFormat,
     ShardingStrategy,
 )
@@ -150,8 +151,11 @@ class CodeCarbonConfig:
 @dataclass
 class EnergyConfig:
     enabled: bool = True
-    idle_baseline_s: float = 10.0  # idle power measured before the engine starts; 0 disables
-    idle_baseline_cache_max_age_s: float = 0.0  # reuse a cached baseline younger than this; 0 never
+    # Idle power, measured once the model is loaded and measured power has settled (state "model_loaded"); 0 disables.
+    idle_baseline_s: float = 10.0
+    idle_baseline_cache_max_age_s: float = 0.0  # reuse a cached baseline (same state, driver, power limit) younger than this; 0 never
+    idle_settle_max_s: float = 30.0  # wait at most this long for measured power to settle before measuring idle
+    idle_recheck_s: float = 0.0  # measure idle again after generation for this long and report drift; 0 disables
     sample_interval_ms: float = 100.0  # power/utilisation sampler period
     nvml: bool = True  # GPU energy counter and sampler (NVIDIA)
     rapl: bool = True  # CPU package / DRAM energy counters (/sys/class/powercap)
@@ -180,8 +184,11 @@ class ReportConfig:
 
 @dataclass
 class RunConfig:
-    warmup_batches: int = 1  # generation passes run and discarded before measuring
-    warmup_max_output_tokens: int = 8
+    # Warmup (lem.workload.warmup): the run's largest shapes first, then passes until measured power is steady.
+    warmup_batches: int = 1  # at least this many passes (0: no warmup, a cold start)
+    warmup_max_output_tokens: int | None = None  # output length of warmup passes; None: the run's own (sizes compiled caches)
+    warmup_min_s: float = 0.0  # warm up at least this long
+    warmup_max_s: float = 60.0  # stop warming up after this long even if power is still moving (recorded as not steady)
     seed: int = 0
     # Consecutive jobs of one process (a sweep) whose engine settings match share a loaded engine.
     reuse_engine: bool = True
@@ -194,6 +201,9 @@ class RunConfig:
     # A job still running after this many seconds in its engine worker (imports, model load and generation
     # included) fails: the worker's process group is killed and error.txt names the phase it hung in. None: no limit.
     job_timeout_s: float | None = None
+    # Output token ids in every request record (token accounting and determinism checkable from the records).
+    # auto: on when dataset.n_prompts x cycles x dataset.max_output_tokens <= 1,000,000 tokens (lem.workload.serve).
+    record_token_ids: RecordTokenIds = RecordTokenIds.auto
 
 
 @dataclass

@@ -86,6 +86,7 @@ def _cycles(out: list[str], cycles: Mapping[str, Any] | None) -> None:
     ):
         st = (cycles.get("stats") or {}).get(metric) or {}
         ci = f"[{fmt_num(st.get('ci95_low'))}, {fmt_num(st.get('ci95_high'))}]" if st.get("ci95_low") is not None else DASH
+        ci += " (low clamped at 0)" if st.get("ci95_low_clamped") else ""
         cv = f"{st['cv'] * 100:.1f} %" if st.get("cv") is not None else DASH
         rows.append([label, fmt_num(st.get("mean")), fmt_num(st.get("std")), cv, ci])
     grid(out, f"cycles ({cycles.get('n_cycles')} measured)", ["", "mean", "std", "CV", "95 % CI"], rows, align="lrrrl")
@@ -180,7 +181,11 @@ def _energy(out: list[str], en: Mapping[str, Any], util: Mapping[str, Any] | Non
     source = en.get("source")
     out.append(f"energy (generation, {source})" if source else "energy (generation): not measured")
     net = en.get("net_j_per_output_token")
-    _kv(out, "per output token", fmt_num(en.get("j_per_output_token"), "J/tok") + (f" (net of idle {fmt_num(net, 'J/tok')})" if net is not None else ""))
+    sigma = en.get("net_j_per_output_token_uncertainty")
+    net_text = fmt_num(net, "J/tok") if sigma is None else f"{fmt_num(net)} ± {fmt_num(sigma)} J/tok"
+    _kv(out, "per output token", fmt_num(en.get("j_per_output_token"), "J/tok") + (f" (net of idle {net_text})" if net is not None else ""))
+    if en.get("partial_generation_energy_j") is not None:
+        _kv(out, "partial (not a total)", f"{fmt_num(en['partial_generation_energy_j'], 'J')}; no reading for {', '.join(en.get('missing_devices') or [])}")
     _kv(out, "per request", fmt_num(en.get("j_per_request"), "J/req"))
     idle = en.get("idle_power_w")
     _kv(out, "mean power", fmt_num(en.get("mean_power_w"), "W") + (f" (idle {fmt_num(idle, 'W')})" if idle is not None else ""))
@@ -210,10 +215,25 @@ def _energy(out: list[str], en: Mapping[str, Any], util: Mapping[str, Any] | Non
             f"PUE {co2.get('pue'):g}), {fmt_num(co2.get('co2_g_per_output_token'), 'g/tok')}",
         )
     base = en.get("idle_baseline") or {}
+    if base:
+        settle = f", after {fmt_num(base.get('settle_s'), 's')} settling" if base.get("settle_s") else ""
+        _kv(out, "idle measured", f"{base.get('state')}{settle}" + ("" if base.get("settled") is not False else " (power had not settled)"))
     for d in base.get("devices") or []:
         spread = f" ± {fmt_num(d.get('std_power_w'))}" if d.get("std_power_w") is not None else ""
         cached = ", cached" if base.get("cached") else ""
         _kv(out, f"  idle {d['device']}", f"{fmt_num(d.get('mean_power_w'))}{spread} W ({d.get('source')}, n={d.get('n_samples')}, {fmt_num(base.get('duration_s'), 's')}{cached})")
+    for d in en.get("devices") or []:
+        c = d.get("config") or {}
+        if c:
+            limit = c.get("enforced_power_limit_w")
+            mig = (c.get("mig_mode") or {}).get("current")
+            parts = [
+                f"driver {c.get('driver_version') or DASH}",
+                f"power limit {fmt_num(limit, 'W')}" if limit is not None else "power limit " + DASH,
+                f"persistence {'on' if c.get('persistence_mode') else 'off' if c.get('persistence_mode') is False else DASH}",
+                f"{c.get('pstate') or DASH} at start",
+            ] + ([f"MIG {mig}"] if mig else [])
+            _kv(out, f"  {d['device']} config", ", ".join(parts))
     for d in (util or {}).get("devices") or []:
         parts = [
             f"SM {fmt_num(d.get('mean_sm_util_pct'))} %",
@@ -235,11 +255,22 @@ def _compute(out: list[str], flops: Mapping[str, Any], mem: Mapping[str, Any], b
     out.append("")
     out.append("compute")
     src = f" ({flops['source']})" if flops.get("source") else ""
-    _kv(out, "FLOPs", fmt_si(flops.get("total_flops"), "FLOP") + src)
-    _kv(out, "per output token", fmt_si(flops.get("flops_per_output_token"), "FLOP"))
-    _kv(out, "achieved", fmt_si(flops.get("flops_per_s"), "FLOP/s"))
+
+    def prefill(share: float | None) -> str:
+        return f", {share * 100:.0f} % prefill" if share is not None else ""
+
+    def pair(executed: str, useful: str) -> str:
+        return f"executed {fmt_si(flops.get(executed), 'FLOP')}, useful {fmt_si(flops.get(useful), 'FLOP')}"
+
+    _kv(out, "executed FLOPs", fmt_si(flops.get("total_flops"), "FLOP") + src + prefill(flops.get("executed_prefill_share")))
+    _kv(out, "useful FLOPs", fmt_si(flops.get("useful_flops"), "FLOP") + prefill(flops.get("useful_prefill_share")))
+    _kv(out, "FLOPs / output tok", pair("executed_flops_per_output_token", "useful_flops_per_output_token"))
+    _kv(out, "FLOPs / in+out tok", pair("executed_flops_per_token", "useful_flops_per_token"))
+    _kv(out, "achieved", fmt_si(flops.get("flops_per_s"), "FLOP/s") + " executed")
     if flops.get("mfu") is not None:
-        _kv(out, "MFU", f"{flops['mfu'] * 100:.1f} % of {fmt_si(flops.get('peak_flops_per_s'), 'FLOP/s')} peak")
+        n, each = flops.get("n_devices"), flops.get("peak_flops_per_s_per_device")
+        devices = f" ({n} GPUs × {fmt_si(each, 'FLOP/s')})" if n and n > 1 and each else ""
+        _kv(out, "MFU", f"{flops['mfu'] * 100:.1f} % of {fmt_si(flops.get('peak_flops_per_s'), 'FLOP/s')} peak{devices}")
     out.append("")
     out.append("batching")
     if batching.get("strategy"):

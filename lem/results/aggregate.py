@@ -16,10 +16,12 @@ from lem.errors import LemError
 from lem.records import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
 from lem.results.cycles import cycles_section
 from lem.results.energy import energy_section, utilisation_section
-from lem.results.engine_steps import engine_steps_section
 from lem.results.latency import distribution, request_latencies
 from lem.results.phase_energy import energy_of
 from lem.results.reader import RawProcessRecords, clock_offsets
+from lem.results.token_ids import greedy_from_config, token_id_checks, token_id_warnings
+from lem.results.warmup import warmup_section
+from lem.results.workload import batching_section, traffic_section
 
 HOST_SHARED_COMPONENTS = frozenset({"cpu", "dram", "system"})  # one physical meter per host
 MIN_WINDOW_S = 5.0  # below this the energy counters' resolution dominates the figure
@@ -43,9 +45,12 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
     energy = energy_section(procs, phases, requests, tokens, clock_offsets(procs), warnings)
     flops = _flops_section(procs, tokens, window_s, warnings)
     memory = _memory_section(procs)
-    batching = _batching_section(procs)
-    traffic = _traffic_section(requests, config)
+    batching = batching_section(procs)
+    traffic = traffic_section(requests, config, procs)
     cycles = cycles_section(procs, warnings)
+    warmup = warmup_section(procs, warnings)
+    tokens["token_ids"] = token_id_checks(requests, greedy=greedy_from_config(config))
+    warnings.extend(token_id_warnings(tokens["token_ids"]))
 
     run["process_overlap_fraction"] = _process_overlap(procs, warnings)
     if window_s is not None and window_s < MIN_WINDOW_S:
@@ -71,6 +76,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
         "phases": phases,
         "phases_per_process": phases_per_process,
         "energy": energy,
+        "warmup": warmup,
         "utilisation": utilisation_section(procs),
         "flops": flops,
         "memory": memory,
@@ -290,31 +296,47 @@ def _warn_shared_meters(phase: str, readings: list[tuple[RawProcessRecords, dict
 def _flops_section(
     procs: list[RawProcessRecords], tokens: dict[str, Any], window_s: float | None, warnings: list[str]
 ) -> dict[str, Any]:
-    """Total FLOPs over processes, per output token, achieved FLOP/s, and MFU/HFU against the GPU's peak."""
+    """Executed and useful FLOPs over processes, per token, achieved FLOP/s, and MFU/HFU against the
+    summed peak of every GPU the run computes on."""
     from lem.measure.flops import flops_summary
 
+    def n_devices(p: RawProcessRecords, f: Mapping[str, Any]) -> int:
+        # Records from before n_devices existed: the CUDA devices the process's header lists.
+        return int(f["n_devices"]) if f.get("n_devices") is not None else len(p.header.get("cuda_device_indices") or []) or 1
+
+    def process_peak(p: RawProcessRecords, f: Mapping[str, Any]) -> float | None:
+        peak = f.get("peak_flops_per_s")
+        # Each process's peak covers every GPU its engine uses; older records stored one GPU's.
+        return peak if peak is None or "n_devices" in f else float(peak) * n_devices(p, f)
+
+    h0 = procs[0].header
+    on_gpu = h0.get("device_type") == "cuda"
+    by_index = {p.process_index: p for p in procs}
     values = [(p.process_index, p.flops[-1]) for p in procs if p.flops]
     counted = [(i, f) for i, f in values if f.get("total_flops") is not None]
+    devices = sum(n_devices(by_index[i], f) for i, f in values) if on_gpu and values else None
     combined: dict[str, Any] = {"total_flops": None, "source": None, "notes": []}
     if counted and len(counted) == len(procs):
+        keys = ("total_flops", "useful_flops", "prefill_flops", "decode_flops", "useful_prefill_flops", "useful_decode_flops")
         combined = {
             key: (sum(float(f[key]) for _, f in counted) if all(f.get(key) is not None for _, f in counted) else None)
-            for key in ("total_flops", "useful_flops", "prefill_flops", "decode_flops")
+            for key in keys
         }
         combined["source"] = "+".join(sorted({str(f["source"]) for _, f in counted}))
-        # Peaks add up over the processes' GPUs (one GPU each, same model in a run).
-        peaks = [f.get("peak_flops_per_s") for _, f in counted]
-        combined["peak_flops_per_s"] = sum(peaks) if all(x is not None for x in peaks) else None
+        peaks = [process_peak(by_index[i], f) for i, f in counted]
+        combined["peak_flops_per_s"] = sum(x for x in peaks if x is not None) if all(x is not None for x in peaks) else None
+        each = {f.get("peak_flops_per_s_per_device", f.get("peak_flops_per_s")) for _, f in counted}
+        combined["peak_flops_per_s_per_device"] = next(iter(each)) if len(each) == 1 else None
+        combined["n_devices"] = devices
         combined["notes"] = sorted({n for _, f in counted for n in f.get("notes") or []})
     elif counted:
         missing = sorted({p.process_index for p in procs} - {i for i, _ in counted})
         warnings.append(f"FLOPs missing for process(es) {missing}: total FLOPs left null")
     elif values:
         combined["notes"] = sorted({n for _, f in values for n in f.get("notes") or []})
-    h0 = procs[0].header
     out = flops_summary(
-        combined, tokens["output_tokens"], window_s, device_type=h0.get("device_type"),
-        device_name=(h0.get("device_names") or [None])[0], dtype=h0.get("dtype"),
+        combined, tokens["output_tokens"], window_s, input_tokens=tokens["input_tokens"], device_type=h0.get("device_type"),
+        device_name=(h0.get("device_names") or [None])[0], dtype=h0.get("dtype"), n_devices=devices,
     )
     out["strategy"] = next((f.get("strategy") for _, f in values if f.get("strategy")), None)
     out["calflops_vs_analytical"] = next((f.get("calflops_vs_analytical") for _, f in values if f.get("calflops_vs_analytical") is not None), None)
@@ -347,47 +369,4 @@ def _memory_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
         "cuda_peak_allocated_bytes": peak("cuda_peak_allocated_bytes"),
         "cuda_peak_reserved_bytes": peak("cuda_peak_reserved_bytes"),
         "per_process": per_process,
-    }
-
-
-def _batching_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
-    batches: dict[tuple[int, int], int] = {}
-    for p in procs:
-        for r in p.requests:
-            if r.get("batch_id") is not None:  # continuous-batching engines form no fixed batches
-                batches[(p.process_index, int(r["batch_id"]))] = int(r["batch_size"])
-    sizes = Counter(batches.values())
-    requests = [r for p in procs for r in p.requests]
-    padded = [r.get("padded_input_tokens") for r in requests]
-    padding_fraction = None
-    padded_total = None
-    if requests and all(v is not None for v in padded):
-        padded_total = sum(int(v) for v in padded)  # type: ignore[arg-type]
-        n_in = sum(int(r["input_tokens"]) for r in requests)
-        # Share of the input positions the engine processed that were padding.
-        padding_fraction = (padded_total - n_in) / padded_total if padded_total else None
-    settings = procs[0].header.get("engine_settings") or {}
-    return {
-        **(settings.get("batching") or {}),  # strategy (auto resolved), batch_size, max_tokens_per_batch
-        "n_batches": len(batches),
-        "mean_batch_size": sum(batches.values()) / len(batches) if batches else None,
-        "batch_size_histogram": {str(size): sizes[size] for size in sorted(sizes)},
-        "padded_input_tokens": padded_total,
-        "padding_fraction": padding_fraction,
-        "engine_steps": engine_steps_section(procs),
-    }
-
-
-def _traffic_section(requests: list[dict[str, Any]], config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The arrival process asked for against the one the engine actually saw."""
-    traffic_cfg = (config or {}).get("traffic") or {}
-    arrivals = sorted(float(r["arrival_s"]) for r in requests)
-    achieved = None
-    if len(arrivals) >= 2 and arrivals[-1] > arrivals[0]:
-        achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-    return {
-        "arrival": traffic_cfg.get("arrival"),
-        "target_qps": traffic_cfg.get("target_qps"),
-        "achieved_qps": achieved,  # null for offline traffic: every request arrives at once
-        "burstiness": traffic_cfg.get("burstiness"),
     }

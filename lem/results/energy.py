@@ -15,7 +15,7 @@ from typing import Any
 from lem.measure.energy.arithmetic import mean_std
 from lem.records import THROTTLING
 from lem.results.carbon import co2_section
-from lem.results.phase_energy import ESTIMATED_SOURCE, energy_of, per
+from lem.results.phase_energy import ESTIMATED_SOURCE, MEASURED_SOURCES, energy_of, per
 from lem.results.reader import RawProcessRecords
 from lem.results.steady_state import power_series, steady_state_all_cycles
 
@@ -66,6 +66,8 @@ def energy_section(
                 warnings.append(text)
     series = power_series(procs)
     net = gen.get("net_energy_j")
+    net_sigma = gen.get("net_energy_uncertainty_j")
+    _net_warnings(gen, warnings)
     return {
         "generation_energy_j": e,
         "source": gen.get("energy_source"),
@@ -77,13 +79,18 @@ def energy_section(
         "measured_j_per_output_token": per(gen.get("measured_energy_j"), n_out),
         "estimated_j_per_output_token": per(gen.get("estimated_energy_j"), n_out),
         "net_generation_energy_j": net,
+        "net_generation_energy_uncertainty_j": net_sigma,
         "net_j_per_output_token": per(net, n_out),
+        "net_j_per_output_token_uncertainty": per(net_sigma, n_out),
+        "partial_generation_energy_j": gen.get("partial_energy_j"),
+        "missing_devices": gen.get("missing_devices") or [],
         "net_mean_power_w": per(net, wall),
         "idle_power_w": gen.get("idle_power_w"),
         "by_component": [{**g, "j_per_output_token": per(g["energy_j"], n_out)} for g in gen.get("energy_by_component", [])],
         "all_phases_energy_j": all_phases,
         **run,
-        "idle_baseline": _idle_section(procs),
+        "idle_baseline": _idle_section(procs, warnings),
+        "devices_counted_once": devices_counted_once(procs, warnings),
         "steady_state": steady_state_all_cycles(procs, series, offsets),
         "cross_check": _cross_check(procs),
         "co2": co2_section(meters, run.get("run_energy_j"), run.get("run_energy_source"), all_phases, totals, gen, n_out, warnings),
@@ -130,24 +137,98 @@ def _meter_records(procs: list[RawProcessRecords]) -> dict[int, dict[str, Any]]:
     return {p.process_index: recs[-1] for p in procs if (recs := p.others("energy_meter"))}
 
 
-def _idle_section(procs: list[RawProcessRecords]) -> dict[str, Any] | None:
-    devices = []
-    records = []
+def _idle_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[str, Any] | None:
+    from lem.measure.energy.baseline import IDLE_STATES, drift, drift_warnings
+    from lem.records import IdleBaselineRecord, IdlePower
+
+    devices, records, drifts = [], [], []
     for p in procs:
-        recs = p.others("idle_baseline")
-        if not recs:
+        rec = p.idle_baseline()
+        if rec is None:
             continue
-        rec = recs[-1]
         records.append(rec)
         devices += [{"process_index": p.process_index, **pw} for pw in rec.get("power") or []]
+        after = p.idle_baseline("after_generation")
+        if after is not None:
+
+            def parse(r: dict[str, Any]) -> IdleBaselineRecord:
+                return IdleBaselineRecord(float(r["duration_s"]), 0.0, False, [IdlePower(**pw) for pw in r.get("power") or []])
+
+            rows = drift(parse(rec), parse(after))
+            drifts += [{"process_index": p.process_index, **d} for d in rows]
+            warnings.extend(w for w in drift_warnings(rows) if w not in warnings)
     if not records:
         return None
+    states = sorted({str(r.get("state", "unrecorded")) for r in records})
+    settle = [r.get("settle_s") for r in records if r.get("settle_s") is not None]
     return {
+        "state": states[0] if len(states) == 1 else states,
+        "state_description": IDLE_STATES.get(states[0]) if len(states) == 1 else None,
         "duration_s": max(float(r["duration_s"]) for r in records),
         "cached": any(r.get("cached") for r in records),
         "oldest_measured_unix_s": min(float(r["measured_unix_s"]) for r in records),
+        "settle_s": max(settle) if settle else None,
+        "settled": None if any(r.get("settled") is None for r in records) else all(r.get("settled") for r in records),
+        "device_config": {d: c for r in records for d, c in (r.get("device_config") or {}).items()},
         "devices": devices,
+        "drift_after_generation": drifts or None,
     }
+
+
+NET_SIGMAS = 2.0  # a net figure within this many standard uncertainties of zero is not distinguishable from idle
+
+
+def _net_warnings(gen: dict[str, Any], warnings: list[str]) -> None:
+    """Warn where net-of-idle energy is not above idle: <= 0, or within NET_SIGMAS of 0."""
+    rows = [("generation", gen.get("net_energy_j"), gen.get("net_energy_uncertainty_j"))]
+    # Per component for sensors only: a model's constant (CodeCarbon's RAM) has a net of exactly 0 by construction.
+    rows += [
+        (f"generation {g['component']} ({g['source']})", g.get("net_energy_j"), g.get("net_energy_uncertainty_j"))
+        for g in gen.get("energy_by_component") or []
+        if g.get("source") in MEASURED_SOURCES
+    ]
+    for where, net, sigma in rows:
+        if net is None:
+            continue
+        if net <= 0:
+            warnings.append(
+                f"{where}: net-of-idle energy is {net:.4g} J (<= 0): the load drew no more than idle within the "
+                "measurement's resolution; its net figures say nothing about the configuration"
+            )
+        elif sigma is not None and net < NET_SIGMAS * sigma:
+            warnings.append(
+                f"{where}: net-of-idle energy {net:.4g} ± {sigma:.2g} J is within {NET_SIGMAS:g} sigma of zero: "
+                "indistinguishable from idle (a longer idle baseline or a heavier load narrows it)"
+            )
+
+
+def devices_counted_once(procs: list[RawProcessRecords], warnings: list[str]) -> bool | None:
+    """Whether every physical device (by its recorded identity) is metered by one process only; None without identities.
+
+    Two processes of one run reading the same GPU (by UUID) or the same RAPL zone (by host and
+    zone) would count its energy twice in every total: the summary warns, naming both.
+    """
+    owners: dict[str, set[int]] = {}
+    seen_any = False
+    for p in procs:
+        host = str(p.header.get("hostname"))
+        for ph in p.phases:
+            for r in ph.get("energy") or []:
+                ident = r.get("device_id")
+                if not ident or r.get("energy_j") is None:
+                    continue
+                seen_any = True
+                # GPU UUIDs are global; sysfs zones and CodeCarbon ids are only unique on one host.
+                key = ident if str(ident).upper().startswith("GPU-") else f"{host}:{ident}"
+                owners.setdefault(key, set()).add(p.process_index)
+    if not seen_any:
+        return None
+    twice = {k: v for k, v in owners.items() if len(v) > 1}
+    for key, indices in sorted(twice.items()):
+        text = f"device {key} is metered by processes {sorted(indices)}: every energy total counts it {len(indices)} times"
+        if text not in warnings:
+            warnings.append(text)
+    return not twice
 
 
 def _cross_check(procs: list[RawProcessRecords]) -> list[dict[str, Any]]:

@@ -52,6 +52,11 @@ class RawProcessRecords:
         """The records of one kind this reader does not group (``energy_meter``, ``power_samples``, ...)."""
         return [r for r in self.other if r.get("kind") == kind]
 
+    def idle_baseline(self, when: str = "before_warmup") -> dict[str, Any] | None:
+        """The idle baseline every window is net of, or (``when="after_generation"``) its re-measurement."""
+        recs = [r for r in self.others("idle_baseline") if r.get("when", "before_warmup") == when]
+        return recs[-1] if recs else None
+
 
 def clock_offsets(procs: list[RawProcessRecords]) -> dict[int, float]:
     """Seconds to add to each process's times to put them on the run's clock (earliest t0 = 0), by ``id(process)``.

@@ -126,7 +126,7 @@ def _steady_state(
     n_tokens = sum(
         1 for p in procs for r in p.requests for t in r.get("token_times_s") or [] if t_fill <= offsets[id(p)] + float(t) <= t_drain
     )
-    idle = {(p.process_index, pw["device"], pw["component"]): pw["mean_power_w"] for p in procs for rec in p.others("idle_baseline")[-1:] for pw in rec.get("power") or []}
+    idle = {(p.process_index, pw["device"], pw["component"]): pw["mean_power_w"] for p in procs for rec in [p.idle_baseline()] if rec for pw in rec.get("power") or []}
     readings = []
     for (pkey, device, component), s in series.items():
         p = s["process"]

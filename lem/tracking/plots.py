@@ -14,6 +14,7 @@ from typing import Any
 
 PHASE_COLORS = {
     "idle_baseline": "#dddddd",
+    "idle_recheck": "#eeeeee",
     "engine_init": "#fde0c5",
     "model_load": "#facba6",
     "warmup": "#c8e6c9",

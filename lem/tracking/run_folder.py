@@ -181,9 +181,11 @@ def phase_spans(processes: list[Any]) -> list[tuple[str, float, float]]:
             s, e = float(ph["start_s"]) + offset, float(ph["end_s"]) + offset
             cur = spans.setdefault(str(ph.get("name")), [s, e])
             cur[0], cur[1] = min(cur[0], s), max(cur[1], e)
-        for rec in p.other:  # the idle baseline, measured before the engine starts
+        for rec in p.other:  # idle re-measured after generation; older runs measured idle outside any phase (no "when")
             if rec.get("kind") == "idle_baseline" and rec.get("start_s") is not None and rec.get("end_s") is not None:
-                spans.setdefault("idle_baseline", [float(rec["start_s"]) + offset, float(rec["end_s"]) + offset])
+                name = {"after_generation": "idle_recheck", None: "idle_baseline"}.get(rec.get("when"))
+                if name is not None:
+                    spans.setdefault(name, [float(rec["start_s"]) + offset, float(rec["end_s"]) + offset])
     return sorted(((n, s, e) for n, (s, e) in spans.items()), key=lambda x: x[1])
 
 

@@ -61,8 +61,9 @@ def test_tensor_parallel_ranks_share_each_layer(tiny_model: Path, tmp_path: Path
     requests = [[line for line in lines if line["kind"] == "request"] for lines in per_rank]
     assert len(requests[0]) == 4 and requests[1] == []  # rank 0 records the tokens every rank produced together
     assert all(r["output_tokens"] == 5 for r in requests[0])
-    for lines in per_rank:  # every rank ran every phase
-        assert [line["name"] for line in lines if line["kind"] == "phase"] == ["engine_init", "model_load", "warmup", "generation"]
+    for rank, lines in enumerate(per_rank):  # every rank ran every phase; idle only where the rank has meters (rank 0 here)
+        idle = ["idle_baseline"] if rank == 0 else []
+        assert [line["name"] for line in lines if line["kind"] == "phase"] == ["engine_init", "model_load", *idle, "warmup", "generation"]
         assert lines[0]["engine_settings"]["sharding"] == "tensor_parallel"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["n_requests"] == 4 and summary["tokens"]["output_tokens"] == 20

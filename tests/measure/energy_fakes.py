@@ -99,6 +99,28 @@ class _Handle:
         self.migs = [_Mig(m, self) for m in migs]
         self.pids: list[int] = []
         self.reasons = 0
+        self.config: dict[str, Any] = dict(GPU_CONFIG)
+
+
+# What the fake NVML reports about each GPU's configuration (an H100 SXM); None: "Not Supported".
+GPU_CONFIG: dict[str, Any] = {
+    "enforced_power_limit_mw": 700_000,
+    "power_limit_mw": 700_000,
+    "default_power_limit_mw": 700_000,
+    "power_limit_constraints_mw": [200_000, 700_000],
+    "persistence_mode": 1,
+    "applications_clocks_mhz": {1: 1755, 2: 2619},
+    "default_applications_clocks_mhz": {1: 1755, 2: 2619},
+    "max_clocks_mhz": {1: 1980, 2: 2619},
+    "gpc_clk_vf_offset_mhz": 0,
+    "mem_clk_vf_offset_mhz": 0,
+    "pstate": 0,
+    "mig_mode": [0, 0],
+    "compute_mode": 0,
+    "ecc_mode": [1, 1],
+    "serial": "1650923012345",
+    "pci_bus_id": b"00000000:18:00.0",
+}
 
 
 class _Mig:
@@ -107,11 +129,14 @@ class _Mig:
 
 
 def fake_pynvml(gpus: list[dict[str, Any]]) -> types.ModuleType:
-    """A module object with the pynvml functions lem calls; each GPU: uuid, name, energy_mj, instant_mw, usage_mw, migs."""
+    """A module object with the pynvml functions lem calls; each GPU: uuid, name, energy_mj, instant_mw, usage_mw, migs,
+    config (overrides of ``GPU_CONFIG``; None makes that call raise "Not Supported")."""
     handles = [
         _Handle(i, g["uuid"], g.get("name", "NVIDIA H100"), g.get("energy_mj", 1_000_000), g.get("instant_mw", 100_000), g.get("usage_mw", 99_000), g.get("migs", []))
         for i, g in enumerate(gpus)
     ]
+    for h, g in zip(handles, gpus, strict=True):
+        h.config.update(g.get("config", {}))
     m = types.ModuleType("pynvml")
     m.NVMLError = FakeNVMLError
     m.NVML_FI_DEV_POWER_INSTANT = 186
@@ -154,6 +179,28 @@ def fake_pynvml(gpus: list[dict[str, Any]]) -> types.ModuleType:
     m.nvmlDeviceGetGraphicsRunningProcesses = lambda h: []
     m.nvmlDeviceGetMaxMigDeviceCount = lambda h: 7 if h.migs else 0
     m.nvmlDeviceGetMigDeviceHandleByIndex = mig_by_index
+    # configuration
+    m.system = {"driver": "550.54.15", "nvml": "12.550.54.15", "cuda": 12040}
+    m.nvmlSystemGetDriverVersion = lambda: need(m.system["driver"])
+    m.nvmlSystemGetNVMLVersion = lambda: need(m.system["nvml"])
+    m.nvmlSystemGetCudaDriverVersion_v2 = lambda: need(m.system["cuda"])
+    m.nvmlSystemGetCudaDriverVersion = lambda: need(m.system["cuda"])
+    m.nvmlDeviceGetEnforcedPowerLimit = lambda h: need(h.config["enforced_power_limit_mw"])
+    m.nvmlDeviceGetPowerManagementLimit = lambda h: need(h.config["power_limit_mw"])
+    m.nvmlDeviceGetPowerManagementDefaultLimit = lambda h: need(h.config["default_power_limit_mw"])
+    m.nvmlDeviceGetPowerManagementLimitConstraints = lambda h: list(need(h.config["power_limit_constraints_mw"]))
+    m.nvmlDeviceGetPersistenceMode = lambda h: need(h.config["persistence_mode"])
+    m.nvmlDeviceGetApplicationsClock = lambda h, kind: need((h.config["applications_clocks_mhz"] or {}).get(kind))
+    m.nvmlDeviceGetDefaultApplicationsClock = lambda h, kind: need((h.config["default_applications_clocks_mhz"] or {}).get(kind))
+    m.nvmlDeviceGetMaxClockInfo = lambda h, kind: need((h.config["max_clocks_mhz"] or {}).get(kind))
+    m.nvmlDeviceGetGpcClkVfOffset = lambda h: need(h.config["gpc_clk_vf_offset_mhz"])
+    m.nvmlDeviceGetMemClkVfOffset = lambda h: need(h.config["mem_clk_vf_offset_mhz"])
+    m.nvmlDeviceGetPerformanceState = lambda h: need(h.config["pstate"])
+    m.nvmlDeviceGetMigMode = lambda h: list(need(h.config["mig_mode"]))
+    m.nvmlDeviceGetComputeMode = lambda h: need(h.config["compute_mode"])
+    m.nvmlDeviceGetEccMode = lambda h: list(need(h.config["ecc_mode"]))
+    m.nvmlDeviceGetSerial = lambda h: need(h.config["serial"])
+    m.nvmlDeviceGetPciInfo = lambda h: types.SimpleNamespace(busId=need(h.config["pci_bus_id"]))
     return m
 
 

@@ -84,3 +84,19 @@ def test_number_formats():
     assert fmt_num(12, "") == "12"
     assert fmt_bytes(3 * 1024**3) == "3.00 GiB"
     assert fmt_bytes(None) == DASH
+
+
+def test_net_with_its_uncertainty_a_partial_total_and_the_gpu_config_are_shown():
+    reading = EnergyReading("cuda:0", "gpu", 80.0, "counter", net_energy_j=40.0, idle_power_w=5.0, net_energy_uncertainty_j=2.0)
+    summary = summarize([run_records([reading])])
+    summary["energy"]["devices"] = [{"device": "cuda:0", "config": {
+        "driver_version": "550.54.15", "enforced_power_limit_w": 700.0, "persistence_mode": True, "pstate": "P0",
+        "mig_mode": {"current": "disabled", "pending": "disabled"}}}]
+    text = render_summary(summary)
+    assert "net of idle 0.200 ± 0.0100 J/tok" in line(text, "per output token")  # 40 ± 2 J over 200 tokens
+    assert line(text, "cuda:0 config").split(None, 2)[2] == "driver 550.54.15, power limit 700.0 W, persistence on, P0 at start, MIG disabled"
+
+    missing = summarize([run_records([EnergyReading("cuda:0", "gpu", 80.0, "counter"), EnergyReading("cuda:1", "gpu", None, None)])])
+    text = render_summary(missing)
+    assert line(text, "per output token").split()[-1] == DASH  # not 80 J passed off as both GPUs'
+    assert "80.00 J; no reading for cuda:1 (gpu)" in line(text, "partial (not a total)")

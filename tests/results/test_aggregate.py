@@ -230,7 +230,7 @@ def test_flops_memory_batching():
     s = summarize([p])
     f = s["flops"]
     assert (f["total_flops"], f["source"]) == (3e12, "analytical")
-    assert f["flops_per_output_token"] == pytest.approx(1e10) and f["flops_per_s"] == pytest.approx(3e11)
+    assert f["executed_flops_per_output_token"] == pytest.approx(1e10) and f["flops_per_s"] == pytest.approx(3e11)
     assert f["mfu"] is None and any("MFU is null on CPU" in n for n in f["notes"])  # no CPU peak table
     assert (s["memory"]["peak_rss_bytes"], s["memory"]["cuda_peak_allocated_bytes"], s["memory"]["cuda_peak_reserved_bytes"]) == (2000, 9, 11)
     b = s["batching"]
@@ -240,7 +240,7 @@ def test_flops_memory_batching():
 
 def test_unknowns_are_null_not_zero():
     s = summarize([proc(phases=[gen(0.0, 10.0)], requests=[req(0, 0.0)], flops=FlopsRecord())])
-    assert s["flops"]["total_flops"] is None and s["flops"]["flops_per_output_token"] is None
+    assert s["flops"]["total_flops"] is None and s["flops"]["executed_flops_per_output_token"] is None
     assert s["memory"]["peak_rss_bytes"] is None and s["batching"]["padding_fraction"] is None
 
 

@@ -149,7 +149,7 @@ def test_run_is_logged_with_params_metrics_tags_and_artifacts(logged_run: dict[s
     assert m["throughput/output_tokens_per_s"] == pytest.approx(summary["throughput"]["output_tokens_per_s"])
     assert m["latency/ttft_ms_p50"] == pytest.approx(summary["latency"]["ttft_ms"]["p50"])
     assert m["latency/tpot_ms_p99"] == pytest.approx(summary["latency"]["tpot_ms"]["p99"])
-    assert m["flops/flops_per_output_token"] == pytest.approx(summary["flops"]["flops_per_output_token"])
+    assert m["flops/useful_flops_per_output_token"] == pytest.approx(summary["flops"]["useful_flops_per_output_token"])
     assert m["memory/peak_rss_bytes"] == pytest.approx(summary["memory"]["peak_rss_bytes"])
     assert m["energy/co2/co2_g"] == pytest.approx(summary["energy"]["co2"]["co2_g"])  # nested sections keep their path
     for phase in ("engine_init", "model_load", "warmup", "generation"):  # per-phase energy, in J

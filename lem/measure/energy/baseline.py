@@ -7,7 +7,14 @@ window reports ``net_energy_j`` = gross − idle mean × duration.
 The cache reuses a recent idle measurement of the same devices on the same host. One JSON file in lem's user cache (``$LEM_CACHE_DIR``, else ``$XDG_CACHE_HOME/lem``, else
 ``~/.cache/lem``), one entry per host and set of metered devices, replaced atomically. An
 entry is reused only when every channel matches (device, component, source, identity) and
-it is younger than ``energy.idle_baseline_cache_max_age_s``.
+it is younger than ``energy.idle_baseline_cache_max_age_s``, in the same state, with the same
+driver and enforced power limit (a GPU's idle power depends on all three).
+
+The state is defined, not whatever the previous job left: lem measures idle after the engine is
+up and the model resident (``model_loaded``), once the devices' measured power has settled
+(``lem.measure.energy.stability``). A first job in a worker and a later job that reuses its engine
+then measure the same thing, so net-of-idle figures do not shift between sweep points for reasons
+unrelated to the configuration.
 """
 
 from __future__ import annotations
@@ -25,18 +32,43 @@ from lem.records import IdleBaselineRecord, IdlePower
 if TYPE_CHECKING:
     from lem.measure.energy.meter import EnergyMeter
 
-IDLE_WINDOW = "idle_baseline"
+IDLE_WINDOW = "idle_power"  # the meter's internal window over which idle power is averaged
 IDLE_NOISY_CV = 0.10  # idle power std / mean above this is flagged
+IDLE_DRIFT_TOLERANCE = 0.05  # idle re-measured after generation: a change above 5 % (and above 2 sigma) is flagged
 CACHE_FILE = "idle_baseline.json"
-FORMAT = 1
+FORMAT = 2  # 2: entries keyed by state, driver and power limit too
+MODEL_LOADED = "model_loaded"
+IDLE_STATES = {MODEL_LOADED: "engine up, model resident, nothing running, measured power settled"}
+CONFIG_KEYS = ("driver_version", "enforced_power_limit_w")  # the device settings an idle figure depends on
 
 
-def measure(meter: EnergyMeter, seconds: float, max_age_s: float) -> IdleBaselineRecord:
-    """Idle power of every channel of a started ``meter`` over ``seconds``, or a cached one younger than ``max_age_s``."""
-    fp = fingerprint([{**c.describe(), "identity": c.identity} for c in meter.channels])
-    cached = load(fp, max_age_s, time.time(), meter.cache_dir)
+def device_config(meter: EnergyMeter) -> dict[str, dict[str, Any]]:
+    """Per device, the settings its idle power depends on (from the source's device configuration)."""
+    out: dict[str, dict[str, Any]] = {}
+    for c in meter.channels:
+        config = getattr(c, "config", None) or {}
+        picked = {k: config.get(k) for k in CONFIG_KEYS if k in config}
+        if picked:
+            out[c.device] = picked
+    return out
+
+
+def measure(
+    meter: EnergyMeter, seconds: float, max_age_s: float, *, state: str = MODEL_LOADED, settle_max_s: float = 0.0, when: str = "before_warmup"
+) -> IdleBaselineRecord:
+    """Idle power of every channel of a started ``meter`` over ``seconds``, or a cached one younger than ``max_age_s``.
+
+    First waits up to ``settle_max_s`` for measured power to settle (not for a cached baseline).
+    """
+    from lem.measure.energy.stability import settle
+
+    config = device_config(meter)
+    fp = fingerprint([{**c.describe(), "identity": c.identity, "config": config.get(c.device)} for c in meter.channels], state)
+    cached = load(fp, max_age_s, time.time(), meter.cache_dir) if when == "before_warmup" else None
     if cached is not None:
+        cached.state, cached.device_config = state, config
         return cached
+    settling = settle(meter, settle_max_s)
     begin_t = meter.begin_window(IDLE_WINDOW)
     meter.pause(seconds, since=begin_t)
     window = meter.end_window(IDLE_WINDOW, synchronize=lambda: None)
@@ -47,7 +79,7 @@ def measure(meter: EnergyMeter, seconds: float, max_age_s: float) -> IdleBaselin
         readings = [row.power_w for row in meter.sampler.rows(ch.key, begin_t, begin_t + window.duration_s) if row.power_w is not None]
         _, std = mean_std(readings)
         power.append(
-            IdlePower(ch.device, ch.component, r.energy_j / window.duration_s, std, len(readings), r.source)  # type: ignore[arg-type]
+            IdlePower(ch.device, ch.component, r.energy_j / window.duration_s, std, len(readings), r.source, ch.identity or None)  # type: ignore[arg-type]
         )
     record = IdleBaselineRecord(
         duration_s=window.duration_s,
@@ -56,10 +88,62 @@ def measure(meter: EnergyMeter, seconds: float, max_age_s: float) -> IdleBaselin
         power=power,
         start_s=window.start_s,
         end_s=window.end_s,
+        state=state,
+        when=when,
+        settle_s=settling.waited_s,
+        settled=settling.settled,
+        device_config=config,
     )
-    if max_age_s > 0:
+    if max_age_s > 0 and when == "before_warmup":
         save(fp, record, meter.cache_dir)
     return record
+
+
+def settle_warnings(record: IdleBaselineRecord) -> list[str]:
+    """A sentence when power never settled before the idle baseline was measured."""
+    if record.settled is False:
+        return [
+            f"power had not settled after {record.settle_s:.3g} s before the idle baseline ({record.when}): "
+            "the baseline may include the tail of the previous activity (raise energy.idle_settle_max_s)"
+        ]
+    return []
+
+
+def drift(before: IdleBaselineRecord, after: IdleBaselineRecord) -> list[dict[str, Any]]:
+    """Per device, idle power re-measured after generation against the baseline: change, relative change, in sigma."""
+    out = []
+    base = {(p.device, p.component): p for p in before.power}
+    for p in after.power:
+        b = base.get((p.device, p.component))
+        if b is None:
+            continue
+        errors = [x.std_power_w / x.n_samples**0.5 for x in (b, p) if x.std_power_w is not None and x.n_samples >= 2]
+        sigma = sum(e * e for e in errors) ** 0.5 if len(errors) == 2 else None
+        change = p.mean_power_w - b.mean_power_w
+        out.append(
+            {
+                "device": p.device,
+                "component": p.component,
+                "before_w": b.mean_power_w,
+                "after_w": p.mean_power_w,
+                "change_w": change,
+                "relative_change": change / b.mean_power_w if b.mean_power_w else None,
+                "change_sigma": abs(change) / sigma if sigma else None,
+            }
+        )
+    return out
+
+
+def drift_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A sentence for each device whose idle power moved by more than IDLE_DRIFT_TOLERANCE and 2 sigma."""
+    return [
+        f"idle power of {d['device']} drifted from {d['before_w']:.4g} W before warmup to {d['after_w']:.4g} W after "
+        f"generation ({d['relative_change']:+.1%}): net-of-idle figures carry that uncertainty"
+        for d in rows
+        if d["relative_change"] is not None
+        and abs(d["relative_change"]) > IDLE_DRIFT_TOLERANCE
+        and (d["change_sigma"] is None or d["change_sigma"] > 2.0)
+    ]
 
 
 def noisy_warnings(record: IdleBaselineRecord) -> list[str]:
@@ -80,10 +164,14 @@ def cache_path(cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir) / CACHE_FILE
 
 
-def fingerprint(channels: list[dict[str, Any]]) -> str:
-    """Host + metered channels: a baseline of other hardware (or another source) is never reused."""
-    parts = sorted(f"{c['device']}|{c['component']}|{c['source']}|{c.get('identity', '')}" for c in channels)
-    return json.dumps([platform.node(), parts])
+def fingerprint(channels: list[dict[str, Any]], state: str = MODEL_LOADED) -> str:
+    """Host, state and metered channels (with driver and power limit): a baseline of other hardware, another
+    source, another state or another device setting is never reused."""
+    parts = sorted(
+        f"{c['device']}|{c['component']}|{c['source']}|{c.get('identity', '')}|{json.dumps(c.get('config'), sort_keys=True)}"
+        for c in channels
+    )
+    return json.dumps([platform.node(), state, parts])
 
 
 def load(fp: str, max_age_s: float, now_unix_s: float, cache_dir: str | Path | None = None) -> IdleBaselineRecord | None:

@@ -9,10 +9,9 @@
     window.readings                                 # list[EnergyReading]: per device, with source, net of idle
     meter.stop()
 
-Counters (NVML mJ, RAPL uJ, CodeCarbon's accumulated estimate) are read at both window
-boundaries; a background thread (``sampler``) samples instant power and GPU telemetry every
-``sample_interval_s`` for the timeline, for GPUs without a counter (integrated), and as a
-cross-check beside the counter. Every reading says its source and is None — never 0 — when
+Counters (NVML mJ, RAPL uJ, CodeCarbon's estimate) are read at both window boundaries; a background
+thread (``sampler``) samples instant power and GPU telemetry every ``sample_interval_s`` for the
+timeline, for GPUs without a counter (integrated), and as a cross-check beside the counter. Every reading says its source and is None — never 0 — when
 nothing measured it. Windows nest freely: each keeps its own boundary readings.
 """
 
@@ -28,20 +27,17 @@ from typing import Any
 from lem.errors import LemError
 from lem.measure.cuda import cuda_in_use
 from lem.measure.energy import baseline
+from lem.measure.energy.assemble import available_sources
 from lem.measure.energy.baseline import IDLE_WINDOW
 from lem.measure.energy.carbon import (
-    CodeCarbonSource,
-    estimate_detail,
     intensity_setting,
 )
-from lem.measure.energy.nvml import NvmlSource
-from lem.measure.energy.rapl import DEFAULT_ROOT, RaplSource
 from lem.measure.energy.sampler import PowerSample, PowerSampler, Snapshot
 from lem.measure.energy.sources import Channel, Key, Source
 from lem.measure.energy.window import (
-    MIN_WINDOW_S,
-    RECOMMENDED_WINDOW_S,
     Window,
+    setup_warnings,
+    short_window_warnings,
     window_readings,
     window_warnings,
 )
@@ -64,6 +60,7 @@ class EnergyMeter:
         t0: float | None = None,
         idle_baseline_s: float = 0.0,
         idle_baseline_cache_max_age_s: float = 0.0,
+        idle_settle_max_s: float = 0.0,
         pue: float = 1.0,
         carbon_intensity: Callable[[], tuple[float | None, str | None]] | None = None,
         cuda_device_indices: Sequence[int] = (),
@@ -81,6 +78,7 @@ class EnergyMeter:
         self.t0 = clock() if t0 is None else float(t0)
         self.idle_baseline_s = idle_baseline_s
         self.idle_baseline_cache_max_age_s = idle_baseline_cache_max_age_s
+        self.idle_settle_max_s = idle_settle_max_s
         self.pue = pue
         self._intensity_fn = carbon_intensity
         self.carbon_intensity_g_per_kwh: float | None = None
@@ -89,6 +87,7 @@ class EnergyMeter:
         self.notes: list[str] = list(notes)
         self.cache_dir = cache_dir
         self.baseline: IdleBaselineRecord | None = None
+        self.idle_recheck: IdleBaselineRecord | None = None  # idle re-measured after generation (drift only)
         self._idle: dict[Key, IdlePower] = {}
         self._open: dict[str, Snapshot] = {}
         self._windows: list[Window] = []
@@ -120,6 +119,7 @@ class EnergyMeter:
         sample_interval_ms: float = 100.0,
         idle_baseline_s: float = 10.0,
         idle_baseline_cache_max_age_s: float = 0.0,
+        idle_settle_max_s: float = 30.0,
         pue: float = 1.0,
         carbon_intensity_g_per_kwh: float | None = None,
         country_iso_code: str = "USA",
@@ -151,41 +151,22 @@ class EnergyMeter:
             t0=t0,
             idle_baseline_s=idle_baseline_s,
             idle_baseline_cache_max_age_s=idle_baseline_cache_max_age_s,
+            idle_settle_max_s=idle_settle_max_s,
             pue=pue,
             cuda_device_indices=indices,
             cache_dir=cache_dir,
         )
         if not enabled:
             return cls([], notes=["energy measurement off (energy.enabled=false)"], **common)
-        sources: list[Source] = []
-        notes: list[str] = []
-        if indices and nvml:
-            sources.append(NvmlSource(indices))
-        elif indices:
-            notes.append("energy.nvml=false: GPU energy not measured")
-        if not host_meters:
-            notes.append("host meters (RAPL, CodeCarbon) read by another process of this run on this host")
-        elif rapl:
-            sources.append(RaplSource(rapl_root or DEFAULT_ROOT))
-        else:
-            notes.append("energy.rapl=false: RAPL not read")
-        override = carbon_intensity_g_per_kwh
-        if codecarbon and host_meters:
-            sources.append(
-                CodeCarbonSource(
-                    country_iso_code=country_iso_code,
-                    region=region,
-                    measure_power_secs=measure_power_secs,
-                    carbon_intensity_g_per_kwh=override,
-                    output_dir=output_dir,
-                    cpu_tdp_w=cpu_tdp_w,
-                    ram_power_w=ram_power_w,
-                    tracking_mode=tracking_mode,
-                )
-            )
-        elif not codecarbon:
-            notes.append("energy.codecarbon.enabled=false: no CPU/RAM estimate where no sensor exists")
-        intensity = intensity_setting(override, codecarbon, country_iso_code, region)
+        sources, notes = available_sources(
+            indices, nvml=nvml, rapl=rapl, codecarbon=codecarbon, host_meters=host_meters, rapl_root=rapl_root,
+            codecarbon_settings=dict(
+                country_iso_code=country_iso_code, region=region, measure_power_secs=measure_power_secs,
+                carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh, output_dir=output_dir, cpu_tdp_w=cpu_tdp_w,
+                ram_power_w=ram_power_w, tracking_mode=tracking_mode,
+            ),
+        )
+        intensity = intensity_setting(carbon_intensity_g_per_kwh, codecarbon, country_iso_code, region)
         return cls(sources, carbon_intensity=intensity, notes=notes, **common)
 
     # --- life cycle ------------------------------------------------------------------------
@@ -213,6 +194,7 @@ class EnergyMeter:
         self.sampler.stop_thread()
         if self._open:
             self._warn(f"energy window(s) never ended: {', '.join(self._open)}")
+        self._ask_sources("config_changes")  # a power limit or clock setting changed mid-run (another tenant, an admin)
         self.sampler.close()
         self._stopped = True
 
@@ -221,6 +203,10 @@ class EnergyMeter:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def now(self) -> float:
+        """The meter's clock (``time.perf_counter`` unless a test gives another)."""
+        return self._clock()
 
     def tick(self) -> None:
         """Take one sample of every source now (the background thread calls this every interval)."""
@@ -322,23 +308,70 @@ class EnergyMeter:
 
     # --- idle baseline ---------------------------------------------------------------------
 
-    def measure_idle(self, seconds: float | None = None, *, cache_max_age_s: float | None = None) -> IdleBaselineRecord | None:
+    @property
+    def measures_idle(self) -> bool:
+        """Whether ``measure_idle()`` (with its defaults) will measure or reuse a baseline."""
+        return self.idle_baseline_s > 0 and bool(self.channels)
+
+    def measure_idle(
+        self,
+        seconds: float | None = None,
+        *,
+        cache_max_age_s: float | None = None,
+        state: str = baseline.MODEL_LOADED,
+        settle_max_s: float | None = None,
+    ) -> IdleBaselineRecord | None:
         """Measure idle power per device for ``seconds`` (default ``idle_baseline_s``); 0 disables.
 
-        Every later window reports ``net_energy_j`` = gross − idle mean × duration. With a cache
-        age limit > 0, a baseline of the same devices on this host younger than that is reused.
+        Waits first (up to ``settle_max_s``, default ``idle_settle_max_s``) for measured power to be steady,
+        so the baseline is of the ``state`` it names. Later windows report ``net_energy_j`` = gross − idle
+        mean × duration ± its uncertainty. A cached baseline (same devices, state, driver, power limit)
+        younger than the cache age limit is reused.
         """
         self._require_running()
         seconds = self.idle_baseline_s if seconds is None else seconds
         max_age = self.idle_baseline_cache_max_age_s if cache_max_age_s is None else cache_max_age_s
+        settle_s = self.idle_settle_max_s if settle_max_s is None else settle_max_s
         if seconds <= 0 or not self.channels:
             return None
-        record = baseline.measure(self, seconds, max_age)
+        record = baseline.measure(self, seconds, max_age, state=state, settle_max_s=settle_s)
         self.baseline = record
         self._idle = {(p.device, p.component): p for p in record.power}
-        for w in baseline.noisy_warnings(record):
+        for w in baseline.noisy_warnings(record) + baseline.settle_warnings(record):
             self._warn(w)
         return record
+
+    def recheck_idle(self, seconds: float, *, settle_max_s: float | None = None) -> IdleBaselineRecord | None:
+        """Measure idle again (after generation, once power settles) and warn when it drifted from the baseline.
+
+        The re-measurement is reported, never applied: every window stays net of the first baseline.
+        """
+        self._require_running()
+        if seconds <= 0 or not self.channels or self.baseline is None:
+            return None
+        settle_s = self.idle_settle_max_s if settle_max_s is None else settle_max_s
+        record = baseline.measure(self, seconds, 0.0, state=self.baseline.state, settle_max_s=settle_s, when="after_generation")
+        self.idle_recheck = record
+        for w in baseline.drift_warnings(baseline.drift(self.baseline, record)) + baseline.settle_warnings(record):
+            self._warn(w)
+        return record
+
+    def verify_devices(self) -> list[str]:
+        """Re-check each source's device mapping now that the engine is up (NVML vs torch's CUDA UUIDs)."""
+        return self._ask_sources("verify_mapping")
+
+    def _ask_sources(self, method: str) -> list[str]:
+        """Warnings from every source offering ``method``; a failed call is itself one, never fatal."""
+        out: list[str] = []
+        for src in self.sources:
+            if hasattr(src, method):
+                try:
+                    out += list(getattr(src, method)())
+                except Exception as e:  # noqa: BLE001
+                    out.append(f"{src.name}: {method} failed ({type(e).__name__}: {e})")
+        for w in out:
+            self._warn(w)
+        return out
 
     # --- outputs ---------------------------------------------------------------------------
 
@@ -352,31 +385,9 @@ class EnergyMeter:
 
     def warnings(self) -> list[str]:
         """Why this run's energy figures may be weak, in sentences (also in ``record()``)."""
-        out: list[str] = []
-        delegated = any(n.startswith("host meters") for n in self.notes)
-        if self._started and not self.channels and not (delegated and not self.cuda_device_indices):
-            out.append("no energy source available: every energy figure is null (" + "; ".join(self.notes) + ")")
-        estimated = [c for c in self.channels if c.counter_source == "estimated"]
-        if estimated:
-            cc = next((s for s in self.sources if s.name == "codecarbon"), None)
-            detail = estimate_detail(cc.describe() if cc is not None else None)
-            out.append(
-                f"{' and '.join(c.device for c in estimated)} energy estimated from a model{detail}, not measured: "
-                "no readable RAPL counter; reported apart from measured energy"
-            )
-        for c in self.channels:
-            if c.counter_source is None and c.power_kind is not None:
-                out.append(
-                    f"{c.device} has no energy counter: its energy is integrated from {c.power_kind} power samples "
-                    f"every {self.sample_interval_s * 1000:g} ms"
-                )
         checked = [w for w in self._windows if self.validity_windows is None or w.name in self.validity_windows]
-        short = [w for w in checked if w.duration_s < MIN_WINDOW_S]
-        if short:
-            out.append(
-                f"window(s) shorter than {MIN_WINDOW_S:g} s, where counter resolution and boundary effects dominate "
-                f"(aim for >= {RECOMMENDED_WINDOW_S:g} s): " + ", ".join(f"{w.name} {w.duration_s:.3g} s" for w in short)
-            )
+        out = setup_warnings(self.channels, self.sources, self.notes, self.cuda_device_indices, self.sample_interval_s, self._started)
+        out += short_window_warnings(checked)
         out.extend(w for w in self._warnings if w not in out)
         return out
 

@@ -5,27 +5,41 @@ newer) read at window boundaries. Power for the timeline, the cross-check, and G
 a counter: the ``NVML_FI_DEV_POWER_INSTANT`` field value where the driver has it; else
 ``nvmlDeviceGetPowerUsage``, which on Ampere and newer is a 1 s moving average.
 
-CUDA device indices are not NVML indices: CUDA renumbers the devices listed in
-``CUDA_VISIBLE_DEVICES`` (indices, ``GPU-`` UUID prefixes or ``MIG-`` ids) from 0, and
-orders them fastest-first unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, while NVML counts every
-GPU in PCI order. When torch has CUDA up, its device UUID decides; otherwise the variable is
-parsed the way the CUDA driver does.
+Which NVML device meters which CUDA device is ``lem.measure.energy.gpu_mapping``; once CUDA is
+up, ``NvmlSource.verify_mapping`` re-checks it against torch's device UUIDs. The GPU's
+configuration (driver, power limits, clocks, P-state, MIG) is ``lem.measure.energy.gpu_config``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
-from lem.errors import LemError
-from lem.measure.cuda import cuda_in_use
+from lem.measure.energy.gpu_config import (
+    config_changes,
+    dynamic_config,
+    gpu_config,
+    system_config,
+)
+from lem.measure.energy.gpu_mapping import (  # resolve_gpus is also imported from here (lem.launch.gpu_lease, tests)
+    GpuTarget,
+    as_text,
+    mig_uuids,
+    resolve_gpus,
+    same_device,
+    torch_cuda_uuids,
+    uuid_matches,
+)
 from lem.measure.energy.sources import Channel, Key, Sample, Source
 
 INSTALL = "pip install nvidia-ml-py"
 
-# NVML clock-event ("throttle") reason bits -> names; the ones that mean lowered clocks under load.
+# NVML clock-event ("throttle") reason bits -> names: every bit nvml.h defines (nvmlClocksEventReason*,
+# nvmlClocksThrottleReason*; board limit and reliability as in nvidia-ml-py 13.615 and the current
+# NVML API reference). Bits not listed here are reported in hex.
 THROTTLE_REASONS: dict[int, str] = {
     0x1: "gpu_idle",
     0x2: "applications_clocks_setting",
@@ -36,7 +50,14 @@ THROTTLE_REASONS: dict[int, str] = {
     0x40: "hw_thermal_slowdown",
     0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
+    0x200: "board_limit",
+    0x400: "reliability",
 }
+# The reasons that mean the clocks were lowered under load by a power, thermal or board limit (not
+# idle, not a clock setting someone chose, not sync boost following another GPU).
+CLOCK_LOWERING_REASONS = frozenset(
+    {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "board_limit", "reliability"}
+)
 
 _VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
 
@@ -58,152 +79,16 @@ def load_pynvml() -> Any:
     return pynvml
 
 
-@dataclass
-class GpuTarget:
-    """One CUDA device resolved to the NVML handle that meters it."""
-
-    cuda_index: int
-    handle: Any  # the physical GPU (the parent of a MIG instance)
-    uuid: str  # the physical GPU's UUID
-    mig_uuid: str | None = None  # set when the CUDA device is a MIG instance
-    how: str = ""  # how the mapping was made, for the record
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def parse_visible_devices(value: str | None) -> list[str] | None:
-    """CUDA_VISIBLE_DEVICES as tokens; None when unset (all devices visible)."""
-    if value is None:
-        return None
-    return [tok.strip() for tok in value.split(",")]
+def _locked(method: _F) -> _F:
+    @functools.wraps(method)
+    def run(self: NvmlSource, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
 
-
-def resolve_gpus(
-    nvml: Any, cuda_indices: Sequence[int], env: Mapping[str, str] | None = None, torch_uuids: Mapping[int, str] | None = None
-) -> tuple[list[GpuTarget], list[str]]:
-    """Map CUDA device indices to NVML handles; return the targets and warnings.
-
-    ``torch_uuids`` (CUDA index -> UUID without the ``GPU-`` prefix, from torch when CUDA is
-    initialised) wins when NVML knows the UUID; otherwise ``CUDA_VISIBLE_DEVICES`` is parsed
-    like the CUDA driver does: entries up to the first invalid one, indices into NVML's list,
-    UUIDs matched by unique prefix, ``MIG-`` ids resolved to their parent GPU.
-    """
-    env = os.environ if env is None else env
-    warnings: list[str] = []
-    count = int(nvml.nvmlDeviceGetCount())
-    physical = []
-    for i in range(count):
-        h = nvml.nvmlDeviceGetHandleByIndex(i)
-        physical.append((i, h, _text(nvml.nvmlDeviceGetUUID(h))))
-
-    tokens = parse_visible_devices(env.get("CUDA_VISIBLE_DEVICES"))
-    visible: list[GpuTarget] = []
-    if tokens is None:
-        visible = [GpuTarget(i, h, uuid, how=f"NVML index {i} (CUDA_VISIBLE_DEVICES unset)") for i, h, uuid in physical]
-    else:
-        used: set[str] = set()
-        for tok in tokens:
-            target = _resolve_token(nvml, tok, physical)
-            if target is None or (target.mig_uuid or target.uuid) in used:
-                break  # CUDA ignores this entry and every one after it
-            used.add(target.mig_uuid or target.uuid)
-            target.cuda_index = len(visible)
-            visible.append(target)
-    order = env.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
-    names = {_text(nvml.nvmlDeviceGetName(h)) for _, h, _ in physical}
-    if order != "PCI_BUS_ID" and len(names) > 1 and (tokens is None or any(t.strip().isdigit() for t in tokens)):
-        warnings.append(
-            "GPUs of different models and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA's fastest-first numbering may "
-            "differ from NVML's; set CUDA_DEVICE_ORDER=PCI_BUS_ID so energy is read from the GPU that ran the work"
-        )
-
-    targets: list[GpuTarget] = []
-    for index in cuda_indices:
-        uuid = (torch_uuids or {}).get(index)
-        by_uuid = next(((h, u) for _, h, u in physical if uuid and u.lower() == f"gpu-{uuid}".lower()), None)
-        if by_uuid is not None:
-            targets.append(GpuTarget(index, by_uuid[0], by_uuid[1], how="torch device UUID"))
-            continue
-        if not 0 <= index < len(visible):
-            shown = env.get("CUDA_VISIBLE_DEVICES")
-            raise LemError(
-                f"CUDA device {index} has no NVML device: CUDA_VISIBLE_DEVICES={shown if shown is not None else '(unset)'} "
-                f"makes {len(visible)} device(s) visible out of {count}"
-            )
-        t = visible[index]
-        targets.append(GpuTarget(index, t.handle, t.uuid, t.mig_uuid, t.how))
-    seen: dict[str, int] = {}
-    for t in targets:
-        if t.uuid in seen:
-            warnings.append(f"cuda:{seen[t.uuid]} and cuda:{t.cuda_index} are on the same physical GPU {t.uuid}: its energy is counted once, under cuda:{seen[t.uuid]}")
-        seen.setdefault(t.uuid, t.cuda_index)
-    unique = [t for t in targets if seen[t.uuid] == t.cuda_index]
-    for t in unique:
-        if t.mig_uuid:
-            warnings.append(
-                f"cuda:{t.cuda_index} is MIG instance {t.mig_uuid}: NVML meters only the whole GPU {t.uuid}, so its "
-                "energy includes every other instance on that GPU"
-            )
-    return unique, warnings
-
-
-def _resolve_token(nvml: Any, tok: str, physical: list[tuple[int, Any, str]]) -> GpuTarget | None:
-    if tok.isdigit():
-        i = int(tok)
-        if i >= len(physical):
-            return None
-        _, h, uuid = physical[i]
-        return GpuTarget(-1, h, uuid, how=f"NVML index {i} (CUDA_VISIBLE_DEVICES={tok})")
-    low = tok.lower()
-    if low.startswith("mig-gpu-"):  # legacy MIG-GPU-<uuid>/<gi>/<ci>
-        parent = _by_prefix(physical, tok[4:].split("/")[0])
-        return None if parent is None else GpuTarget(-1, parent[1], parent[2], mig_uuid=tok, how="legacy MIG id")
-    if low.startswith("mig-"):
-        for _, h, uuid in physical:
-            for mig_uuid in _mig_uuids(nvml, h):
-                if mig_uuid.lower().startswith(low):
-                    return GpuTarget(-1, h, uuid, mig_uuid=mig_uuid, how=f"MIG id {tok}")
-        return None
-    prefix = tok if low.startswith("gpu-") else f"GPU-{tok}"
-    found = _by_prefix(physical, prefix)
-    return None if found is None else GpuTarget(-1, found[1], found[2], how=f"UUID {tok}")
-
-
-def _by_prefix(physical: list[tuple[int, Any, str]], prefix: str) -> tuple[int, Any, str] | None:
-    matches = [p for p in physical if p[2].lower().startswith(prefix.lower())]
-    return matches[0] if len(matches) == 1 else None  # an ambiguous prefix is invalid for CUDA too
-
-
-def _mig_uuids(nvml: Any, handle: Any) -> list[str]:
-    try:
-        n = int(nvml.nvmlDeviceGetMaxMigDeviceCount(handle))
-    except Exception:
-        return []
-    out = []
-    for j in range(n):
-        try:
-            out.append(_text(nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j))))
-        except Exception:  # an empty MIG slot
-            continue
-    return out
-
-
-def torch_cuda_uuids(indices: Sequence[int]) -> dict[int, str]:
-    """UUIDs of CUDA devices from torch, only when torch is imported and CUDA already initialised."""
-    out: dict[int, str] = {}
-    try:
-        cuda = cuda_in_use()
-        if cuda is None:
-            return out
-        for i in indices:
-            uuid = getattr(cuda.get_device_properties(i), "uuid", None)
-            if uuid is not None:
-                out[i] = str(uuid)
-    except Exception:
-        return {}
-    return out
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return cast(_F, run)
 
 
 class _Gpu:
@@ -225,7 +110,9 @@ class NvmlSource(Source):
         self.warnings: list[str] = []
         self.nvml: Any = None
         self._gpus: list[_Gpu] = []
+        self._system: dict[str, Any] = {}
         self._pid_self = os.getpid()
+        self._lock = threading.RLock()  # a remap (verify_mapping) never interleaves with the sampler's reads
 
     def open(self) -> None:
         nvml = load_pynvml()
@@ -235,24 +122,113 @@ class NvmlSource(Source):
             raise RuntimeError(f"NVML not available: nvmlInit failed ({e}); is the NVIDIA driver loaded?") from None
         self.nvml = nvml
         targets, self.warnings = resolve_gpus(nvml, self.cuda_indices, self.env, torch_cuda_uuids(self.cuda_indices))
+        self._system = system_config(nvml)
         for t in targets:
-            name = _text(nvml.nvmlDeviceGetName(t.handle))
-            channel = Channel(f"cuda:{t.cuda_index}", "gpu", None, name=name, identity=t.uuid, notes=[f"NVML {t.uuid} via {t.how}"])
+            channel = Channel(f"cuda:{t.cuda_index}", "gpu", None)
             gpu = _Gpu(t, channel)
-            try:
-                gpu.counter0_mj = float(nvml.nvmlDeviceGetTotalEnergyConsumption(t.handle))
-                channel.counter_source = "counter"
-            except Exception:
-                channel.notes.append("no energy counter (pre-Volta or not supported): energy integrated from power samples")
-            if self._instant_power(t.handle) is not None:
-                channel.power_kind = "instant"
-            elif self._power_usage(t.handle) is not None:
-                channel.power_kind = "power_usage"
-                channel.notes.append("no instant power field: timeline from nvmlDeviceGetPowerUsage (a 1 s average on Ampere and newer)")
-            if channel.counter_source is None and channel.power_kind is None:
-                channel.notes.append("neither energy counter nor power reading: energy not measured")
+            self._attach(gpu)
             self._gpus.append(gpu)
             self.channels.append(channel)
+
+    def _attach(self, gpu: _Gpu) -> None:
+        """Point ``gpu.channel`` at ``gpu.target``: name, identity, configuration, counter, power reading."""
+        nvml, t, channel = self.nvml, gpu.target, gpu.channel
+        channel.name = as_text(nvml.nvmlDeviceGetName(t.handle))
+        channel.identity = t.uuid
+        channel.notes = [f"NVML {t.uuid} via {t.how}"]
+        channel.config = gpu_config(nvml, t.handle, self._system)
+        gpu.probes = {}
+        try:
+            gpu.counter0_mj = float(nvml.nvmlDeviceGetTotalEnergyConsumption(t.handle))
+            channel.counter_source = "counter"
+        except Exception:
+            gpu.counter0_mj = None
+            channel.counter_source = None
+            channel.notes.append("no energy counter (pre-Volta or not supported): energy integrated from power samples")
+        channel.power_kind = None
+        if self._instant_power(t.handle) is not None:
+            channel.power_kind = "instant"
+        elif self._power_usage(t.handle) is not None:
+            channel.power_kind = "power_usage"
+            channel.notes.append("no instant power field: timeline from nvmlDeviceGetPowerUsage (a 1 s average on Ampere and newer)")
+        if channel.counter_source is None and channel.power_kind is None:
+            channel.notes.append("neither energy counter nor power reading: energy not measured")
+
+    @_locked
+    def verify_mapping(self, torch_uuids: Mapping[int, str] | None = None) -> list[str]:
+        """Re-check, once CUDA is initialised, that each channel reads the GPU torch calls that CUDA index.
+
+        ``torch_uuids``: CUDA index -> UUID (from torch when None). A channel on the wrong GPU is
+        remapped to the one NVML lists under torch's UUID (same key; its cumulative energy
+        continues from the same value). Returns a warning per mismatch; [] when consistent or
+        when CUDA is not initialised. Safe while the sampler reads: reads and remaps share a lock.
+        """
+        if self.nvml is None:
+            return []
+        uuids = torch_cuda_uuids(self.cuda_indices) if torch_uuids is None else dict(torch_uuids)
+        warnings: list[str] = []
+        wrong: list[tuple[_Gpu, str, GpuTarget | None]] = []  # (channel, torch's UUID, NVML's device for it)
+        for gpu in self._gpus:
+            torch_uuid = uuids.get(gpu.target.cuda_index)
+            if torch_uuid and not same_device(gpu.target, torch_uuid):
+                wrong.append((gpu, torch_uuid, self._find_uuid(torch_uuid)))
+        # The physical GPU each channel ends on; a move onto a GPU another channel ends on too is not made.
+        final = {id(g): g.target.uuid for g in self._gpus} | {id(g): f.uuid for g, _, f in wrong if f is not None}
+        while True:
+            ends = list(final.values())
+            clash = [g for g, _, _ in wrong if final[id(g)] != g.target.uuid and ends.count(final[id(g)]) > 1]
+            if not clash:
+                break
+            final.update({id(g): g.target.uuid for g in clash})
+        for gpu, torch_uuid, found in wrong:
+            t = gpu.target
+            metered, index = t.mig_uuid or t.uuid, t.cuda_index
+            if found is None:
+                warnings.append(
+                    f"cuda:{index} is metered on NVML {metered} but torch reports UUID {torch_uuid}, which NVML does not "
+                    "list: its energy may come from a GPU that did not run the work"
+                )
+            elif final[id(gpu)] != found.uuid:
+                warnings.append(
+                    f"cuda:{index} is metered on NVML {metered} but torch reports UUID {torch_uuid} ({found.uuid}), which "
+                    "another channel also meters: not remapped, so that GPU's energy is not counted twice"
+                )
+            else:
+                self._remap(gpu, GpuTarget(index, found.handle, found.uuid, found.mig_uuid, how="torch device UUID, re-verified after CUDA initialised"))
+                warnings.append(
+                    f"cuda:{index} was metered on NVML {metered} but torch reports UUID {torch_uuid}: remapped to "
+                    f"{found.mig_uuid or found.uuid} ({gpu.channel.name}); windows closed before this check were metered on "
+                    "the wrong GPU"
+                )
+        return warnings
+
+    def _find_uuid(self, torch_uuid: str) -> GpuTarget | None:
+        nvml = self.nvml
+        for i in range(int(nvml.nvmlDeviceGetCount())):
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = as_text(nvml.nvmlDeviceGetUUID(h))
+            if uuid_matches(uuid, torch_uuid):
+                return GpuTarget(-1, h, uuid)
+            for mig_uuid in mig_uuids(nvml, h):
+                if uuid_matches(mig_uuid, torch_uuid):
+                    return GpuTarget(-1, h, uuid, mig_uuid=mig_uuid)
+        return None
+
+    def _remap(self, gpu: _Gpu, target: GpuTarget) -> None:
+        # Keep the channel's cumulative energy continuous: the new GPU's counter starts where the old one's reading is.
+        so_far_j = self.read_energy_j().get(gpu.channel.key)
+        old = gpu.target
+        gpu.target = target
+        self._attach(gpu)
+        if gpu.counter0_mj is not None and so_far_j is not None:
+            gpu.counter0_mj -= so_far_j * 1000.0
+        gpu.channel.notes.append(f"remapped from {old.mig_uuid or old.uuid} once CUDA was initialised: windows closed before were metered on that GPU")
+
+    def config_changes(self) -> list[str]:
+        """Re-read each GPU's power limit, clocks and modes: a sentence for each setting changed since ``open``."""
+        if self.nvml is None:
+            return []
+        return [w for gpu in self._gpus for w in config_changes(gpu.channel.device, gpu.channel.config, dynamic_config(self.nvml, gpu.target.handle))]
 
     def _instant_power(self, handle: Any) -> float | None:
         field_id = getattr(self.nvml, "NVML_FI_DEV_POWER_INSTANT", None)
@@ -273,6 +249,7 @@ class NvmlSource(Source):
         except Exception:
             return None
 
+    @_locked
     def read_energy_j(self) -> dict[Key, float | None]:
         out: dict[Key, float | None] = {}
         for gpu in self._gpus:
@@ -284,6 +261,7 @@ class NvmlSource(Source):
                 out[gpu.channel.key] = None
         return out
 
+    @_locked
     def sample(self) -> dict[Key, Sample]:
         nvml = self.nvml
         out: dict[Key, Sample] = {}
@@ -310,6 +288,7 @@ class NvmlSource(Source):
             gpu.probes[name] = False  # not supported on this GPU/driver: stop asking
             return None
 
+    @_locked
     def processes(self) -> dict[Key, list[int]]:
         out: dict[Key, list[int]] = {}
         for gpu in self._gpus:

@@ -1,10 +1,11 @@
 """The power sampler: opens the energy sources, reads them on a background thread, keeps the timeline.
 
-Every ``interval_s`` one read of every source: instant power and GPU telemetry where a source
-has them, its cumulative counters (at most every ``counter_interval_s`` of that source), and
-every second the processes on each GPU. Window boundaries force a read of every counter
-(``read(force_counters=True)``). The rows feed the timeline, the integrated (sampled)
-energy of devices without a counter, and the cross-check beside a counter.
+Every ``interval_s`` one read of every source: its cumulative counters (at most every
+``counter_interval_s`` of that source; all sources' counters first, back to back), then
+instant power and GPU telemetry where a source has them, and every second the processes on
+each GPU. Window boundaries force a read of every counter (``read(force_counters=True)``).
+The rows feed the timeline, the integrated (sampled) energy of devices without a counter,
+and the cross-check beside a counter.
 """
 
 from __future__ import annotations
@@ -139,29 +140,45 @@ class PowerSampler:
         self.wall_s = time.perf_counter() - wall0
 
     def read(self, force_counters: bool) -> Snapshot:
-        """One read of every source; ``force_counters`` reads every counter and process list (a boundary)."""
+        """One read of every source; ``force_counters`` reads every counter and process list (a boundary).
+
+        The counters of every source are read first, back to back, and the snapshot is stamped
+        with the midpoint of those reads; instant power, telemetry and process lists follow (a
+        few milliseconds later, stamped with the same time).
+        """
         with self._lock:
             t_a = self._clock()
             energies: dict[Key, float | None] = {}
             samples: dict[Key, Sample] = {}
             pids: dict[Key, list[int]] = {}
             check_pids = force_counters or t_a - self._last_pid_t >= PROCESS_CHECK_INTERVAL_S
+            due = [src for src in self.sources if force_counters or self._counter_due(src, t_a)]
+            for src in due:
+                try:
+                    energies.update(src.read_energy_j())
+                    self._last_counter_t[id(src)] = t_a
+                except Exception as e:  # a transient driver error costs one sample, never the run
+                    self._failed(src, e)
+            t_b = self._clock()
             for src in self.sources:
                 try:
                     samples.update(src.sample())
-                    last = self._last_counter_t.get(id(src))
-                    if force_counters or last is None or t_a - last >= src.counter_interval_s * 0.999:
-                        energies.update(src.read_energy_j())
-                        self._last_counter_t[id(src)] = t_a
                     if check_pids:
                         pids.update(src.processes())
-                except Exception as e:  # a transient driver error costs one sample, never the run
-                    self.errors.add(f"{src.name}: read failed at least once ({type(e).__name__}: {e})")
+                except Exception as e:
+                    self._failed(src, e)
             if check_pids:
                 self._last_pid_t = t_a
-            t = (t_a + self._clock()) / 2.0
+            t = (t_a + t_b) / 2.0 if due else (t_a + self._clock()) / 2.0
             self._record(t, energies, samples, pids)
             return Snapshot(t, energies)
+
+    def _counter_due(self, src: Source, t: float) -> bool:
+        last = self._last_counter_t.get(id(src))
+        return last is None or t - last >= src.counter_interval_s * 0.999
+
+    def _failed(self, src: Source, e: Exception) -> None:
+        self.errors.add(f"{src.name}: read failed at least once ({type(e).__name__}: {e})")
 
     def _record(self, t: float, energies: dict[Key, float | None], samples: dict[Key, Sample], pids: dict[Key, list[int]]) -> None:
         for ch in self.channels:

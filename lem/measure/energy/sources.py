@@ -22,6 +22,7 @@ class Channel:
     name: str = ""  # what it is, e.g. "NVIDIA H100 80GB HBM3", "package-0", "AMD EPYC (CodeCarbon TDP x load)"
     identity: str = ""  # stable id for the idle-baseline cache: NVML UUID, sysfs zone, CPU model + TDP
     notes: list[str] = field(default_factory=list)
+    config: dict[str, Any] | None = None  # the device's configuration as its library reports it (GPUs: gpu_config)
 
     @property
     def key(self) -> Key:
@@ -35,6 +36,8 @@ class Channel:
             "source": source,
             "power_kind": self.power_kind,
             "name": self.name,
+            "device_id": self.identity or None,  # proves each physical device is counted once across processes
+            "config": dict(self.config) if self.config is not None else None,
             "notes": list(self.notes),
         }
 
@@ -81,6 +84,10 @@ class Source:
     def processes(self) -> dict[Key, list[int]]:
         """PIDs of processes using each device (GPUs), for the 'other processes' check."""
         return {}
+
+    def verify_mapping(self) -> list[str]:
+        """Once CUDA is initialised: re-check which device each channel reads; warnings (empty: consistent)."""
+        return []
 
     def close(self) -> None:
         pass

@@ -9,9 +9,11 @@ other processes used it during the window.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from lem.measure.energy.arithmetic import net_of_idle, trapezoid_j
 from lem.measure.energy.nvml import reason_names
@@ -75,6 +77,9 @@ def window_readings(sampler: PowerSampler, begin: Snapshot, end: Snapshot, idle:
         else:
             energy, source = None, None
         base = idle.get(k)
+        uncertainty = None
+        if base is not None and energy is not None and base.std_power_w is not None and base.n_samples >= 2:
+            uncertainty = base.std_power_w / math.sqrt(base.n_samples) * duration  # standard error of the idle mean x duration
         throttle = other = None
         if getattr(sampler.source_of[k], "has_telemetry", False):
             masks = [r.throttle_reasons for r in rows if r.throttle_reasons is not None]
@@ -96,6 +101,8 @@ def window_readings(sampler: PowerSampler, begin: Snapshot, end: Snapshot, idle:
                 n_samples=n_samples,
                 throttle_reasons=throttle,
                 other_pids=other,
+                device_id=ch.identity or None,
+                net_energy_uncertainty_j=uncertainty,
             )
         )
     return readings
@@ -148,3 +155,41 @@ def other_pids(seen: set[int]) -> list[int]:
     if seen & mine:
         return sorted(seen - mine)
     return sorted(seen) if len(seen) > 1 else []
+
+
+def setup_warnings(
+    channels: Sequence[Channel], sources: Sequence[Any], notes: Sequence[str], cuda_indices: Sequence[int], interval_s: float, started: bool
+) -> list[str]:
+    """Why a meter's figures may be weak from what it could open: no source, estimated devices, no counter."""
+    from lem.measure.energy.carbon import estimate_detail
+
+    out: list[str] = []
+    delegated = any(n.startswith("host meters") for n in notes)
+    if started and not channels and not (delegated and not cuda_indices):
+        out.append("no energy source available: every energy figure is null (" + "; ".join(notes) + ")")
+    estimated = [c for c in channels if c.counter_source == "estimated"]
+    if estimated:
+        cc = next((s for s in sources if s.name == "codecarbon"), None)
+        detail = estimate_detail(cc.describe() if cc is not None else None)
+        out.append(
+            f"{' and '.join(c.device for c in estimated)} energy estimated from a model{detail}, not measured: "
+            "no readable RAPL counter; reported apart from measured energy"
+        )
+    for c in channels:
+        if c.counter_source is None and c.power_kind is not None:
+            out.append(
+                f"{c.device} has no energy counter: its energy is integrated from {c.power_kind} power samples "
+                f"every {interval_s * 1000:g} ms"
+            )
+    return out
+
+
+def short_window_warnings(windows: Sequence[Window]) -> list[str]:
+    """One sentence naming the windows shorter than MIN_WINDOW_S, if any."""
+    short = [w for w in windows if w.duration_s < MIN_WINDOW_S]
+    if not short:
+        return []
+    return [
+        f"window(s) shorter than {MIN_WINDOW_S:g} s, where counter resolution and boundary effects dominate "
+        f"(aim for >= {RECOMMENDED_WINDOW_S:g} s): " + ", ".join(f"{w.name} {w.duration_s:.3g} s" for w in short)
+    ]
