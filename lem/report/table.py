@@ -216,8 +216,14 @@ def _energy(out: list[str], en: Mapping[str, Any], util: Mapping[str, Any] | Non
         )
     base = en.get("idle_baseline") or {}
     if base:
-        settle = f", after {fmt_num(base.get('settle_s'), 's')} settling" if base.get("settle_s") else ""
-        _kv(out, "idle measured", f"{base.get('state')}{settle}" + ("" if base.get("settled") is not False else " (power had not settled)"))
+        if base.get("cached"):
+            settle = ", cached"
+        elif base.get("settled") is None:
+            settle = ", no measured power to wait on"
+        else:
+            settled = "settled" if base.get("settled") else "had NOT settled"
+            settle = f", power {settled} after {fmt_num(base.get('settle_s'), 's')}"
+        _kv(out, "idle measured", f"{base.get('state')}{settle}")
     for d in base.get("devices") or []:
         spread = f" ± {fmt_num(d.get('std_power_w'))}" if d.get("std_power_w") is not None else ""
         cached = ", cached" if base.get("cached") else ""
