@@ -93,6 +93,11 @@ class IdlePower:
     source: EnergySource
     device_id: str | None = None  # the physical device (see EnergyReading.device_id)
 
+    @property
+    def std_error_w(self) -> float | None:
+        """Standard error of the mean idle power (std / sqrt(n)); None below two samples."""
+        return self.std_power_w / self.n_samples**0.5 if self.std_power_w is not None and self.n_samples >= 2 else None
+
 
 @dataclass
 class IdleBaselineRecord:

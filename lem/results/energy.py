@@ -139,7 +139,7 @@ def _meter_records(procs: list[RawProcessRecords]) -> dict[int, dict[str, Any]]:
 
 def _idle_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[str, Any] | None:
     from lem.measure.energy.baseline import IDLE_STATES, drift, drift_warnings
-    from lem.records import IdleBaselineRecord, IdlePower
+    from lem.records import IdlePower
 
     devices, records, drifts = [], [], []
     for p in procs:
@@ -150,11 +150,7 @@ def _idle_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[s
         devices += [{"process_index": p.process_index, **pw} for pw in rec.get("power") or []]
         after = p.idle_baseline("after_generation")
         if after is not None:
-
-            def parse(r: dict[str, Any]) -> IdleBaselineRecord:
-                return IdleBaselineRecord(float(r["duration_s"]), 0.0, False, [IdlePower(**pw) for pw in r.get("power") or []])
-
-            rows = drift(parse(rec), parse(after))
+            rows = drift(*([IdlePower(**pw) for pw in r.get("power") or []] for r in (rec, after)))
             drifts += [{"process_index": p.process_index, **d} for d in rows]
             warnings.extend(w for w in drift_warnings(rows) if w not in warnings)
     if not records:

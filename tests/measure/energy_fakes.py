@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,22 @@ class FakeDevice(Source):
 
     def processes(self) -> dict[Key, list[int]]:
         return {self.channel.key: list(self.pids)} if self.has_telemetry else {}
+
+
+@contextmanager
+def swinging_power(clock: FakeClock, device: FakeDevice, low_w: float, high_w: float, every: int = 1) -> Iterator[None]:
+    """While open, ``device`` draws ``low_w`` and ``high_w`` in turn, switching every ``every`` clock steps."""
+    steps = {"n": 0}
+
+    def swing(dt: float) -> None:
+        steps["n"] += 1
+        device.power_w = low_w if (steps["n"] // every) % 2 else high_w
+
+    clock.listeners.insert(0, swing)
+    try:
+        yield
+    finally:
+        clock.listeners.remove(swing)
 
 
 def run_for(meter: Any, clock: FakeClock, seconds: float, step: float | None = None) -> None:

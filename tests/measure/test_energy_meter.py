@@ -12,7 +12,7 @@ from lem.errors import LemError
 from lem.measure.energy import EnergyMeter
 from lem.measure.energy.sources import Source
 from lem.results.writer import encode_record
-from tests.measure.energy_fakes import FakeClock, FakeDevice, run_for
+from tests.measure.energy_fakes import FakeClock, FakeDevice, run_for, swinging_power
 
 
 def meter_with(clock: FakeClock, *sources: Source, **kw) -> EnergyMeter:
@@ -70,15 +70,8 @@ def test_idle_baseline_mean_spread_and_net():
     gpu = FakeDevice(clock, power_w=50.0)
     m = meter_with(clock, gpu, sample_interval_s=0.5)
     # Idle power alternates 49 / 51 W between samples: mean 50, spread ~1 W.
-    flip = {"n": 0}
-
-    def alternating(dt: float) -> None:
-        flip["n"] += 1
-        gpu.power_w = 49.0 if flip["n"] % 2 else 51.0
-
-    clock.listeners.insert(0, alternating)
-    base = m.measure_idle(10.0)
-    clock.listeners.remove(alternating)
+    with swinging_power(clock, gpu, 49.0, 51.0):
+        base = m.measure_idle(10.0)
     (idle,) = base.power
     assert not base.cached and base.duration_s == pytest.approx(10.0)
     assert idle.mean_power_w == pytest.approx(50.0, abs=0.1) and idle.source == "counter"

@@ -10,7 +10,7 @@ import pytest
 from lem.measure.energy import EnergyMeter
 from lem.measure.energy.baseline import fingerprint
 from lem.measure.energy.sources import Source
-from tests.measure.energy_fakes import FakeClock, FakeDevice, run_for
+from tests.measure.energy_fakes import FakeClock, FakeDevice, run_for, swinging_power
 
 
 def meter_with(clock: FakeClock, *sources: Source, **kw) -> EnergyMeter:
@@ -53,14 +53,8 @@ def test_power_that_never_settles_is_said():
     clock = FakeClock()
     gpu = FakeDevice(clock, power_w=100.0)
     m = meter_with(clock, gpu, sample_interval_s=0.1, idle_settle_max_s=5.0)
-    flip = {"n": 0}
-
-    def swinging(dt: float) -> None:  # 100 W and 200 W in alternate seconds
-        flip["n"] += 1
-        gpu.power_w = 100.0 if (flip["n"] // 10) % 2 else 200.0
-
-    clock.listeners.insert(0, swinging)
-    base = m.measure_idle(2.0)
+    with swinging_power(clock, gpu, 100.0, 200.0, every=10):  # 100 W and 200 W in alternate seconds
+        base = m.measure_idle(2.0)
     assert base.settled is False and base.settle_s <= 5.0 + 1e-9
     assert any("had not settled" in w for w in m.warnings())
 
@@ -98,15 +92,8 @@ def test_net_energy_carries_the_idle_standard_error():
     clock = FakeClock()
     gpu = FakeDevice(clock, power_w=50.0)
     m = meter_with(clock, gpu, sample_interval_s=0.5)
-    flip = {"n": 0}
-
-    def alternating(dt: float) -> None:
-        flip["n"] += 1
-        gpu.power_w = 49.0 if flip["n"] % 2 else 51.0
-
-    clock.listeners.insert(0, alternating)
-    (idle,) = m.measure_idle(10.0).power
-    clock.listeners.remove(alternating)
+    with swinging_power(clock, gpu, 49.0, 51.0):
+        (idle,) = m.measure_idle(10.0).power
     gpu.power_w = 150.0
     m.begin_window("generation")
     run_for(m, clock, 20.0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,15 +110,15 @@ def settle_warnings(record: IdleBaselineRecord) -> list[str]:
     return []
 
 
-def drift(before: IdleBaselineRecord, after: IdleBaselineRecord) -> list[dict[str, Any]]:
+def drift(before: Sequence[IdlePower], after: Sequence[IdlePower]) -> list[dict[str, Any]]:
     """Per device, idle power re-measured after generation against the baseline: change, relative change, in sigma."""
     out = []
-    base = {(p.device, p.component): p for p in before.power}
-    for p in after.power:
+    base = {(p.device, p.component): p for p in before}
+    for p in after:
         b = base.get((p.device, p.component))
         if b is None:
             continue
-        errors = [x.std_power_w / x.n_samples**0.5 for x in (b, p) if x.std_power_w is not None and x.n_samples >= 2]
+        errors = [x.std_error_w for x in (b, p) if x.std_error_w is not None]
         sigma = sum(e * e for e in errors) ** 0.5 if len(errors) == 2 else None
         change = p.mean_power_w - b.mean_power_w
         out.append(

@@ -11,8 +11,8 @@
 
 Counters (NVML mJ, RAPL uJ, CodeCarbon's estimate) are read at both window boundaries; a background
 thread (``sampler``) samples instant power and GPU telemetry every ``sample_interval_s`` for the
-timeline, for GPUs without a counter (integrated), and as a cross-check beside the counter. Every reading says its source and is None — never 0 — when
-nothing measured it. Windows nest freely: each keeps its own boundary readings.
+timeline, for GPUs without a counter (integrated), and as a cross-check beside the counter. Every
+reading says its source and is None — never 0 — when nothing measured it. Windows nest freely: each keeps its own boundary readings.
 """
 
 from __future__ import annotations
@@ -87,7 +87,6 @@ class EnergyMeter:
         self.notes: list[str] = list(notes)
         self.cache_dir = cache_dir
         self.baseline: IdleBaselineRecord | None = None
-        self.idle_recheck: IdleBaselineRecord | None = None  # idle re-measured after generation (drift only)
         self._idle: dict[Key, IdlePower] = {}
         self._open: dict[str, Snapshot] = {}
         self._windows: list[Window] = []
@@ -351,8 +350,7 @@ class EnergyMeter:
             return None
         settle_s = self.idle_settle_max_s if settle_max_s is None else settle_max_s
         record = baseline.measure(self, seconds, 0.0, state=self.baseline.state, settle_max_s=settle_s, when="after_generation")
-        self.idle_recheck = record
-        for w in baseline.drift_warnings(baseline.drift(self.baseline, record)) + baseline.settle_warnings(record):
+        for w in baseline.drift_warnings(baseline.drift(self.baseline.power, record.power)) + baseline.settle_warnings(record):
             self._warn(w)
         return record
 

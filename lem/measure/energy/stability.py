@@ -10,7 +10,6 @@ and fall back to a minimum duration.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,8 +29,6 @@ CLOCK_REL_TOLERANCE = 0.03  # SM clocks within 3 %
 class Level:
     """Mean power (and mean SM clock where the device reports one) of each channel over one span."""
 
-    start_s: float  # meter clock
-    end_s: float
     power_w: dict[Key, float] = field(default_factory=dict)
     sm_clock_mhz: dict[Key, float] = field(default_factory=dict)
 
@@ -47,7 +44,7 @@ def measured_power_keys(meter: EnergyMeter) -> list[Key]:
 
 def level(meter: EnergyMeter, start: float, end: float) -> Level:
     """Mean power and SM clock of every measured channel between two times of the meter's clock."""
-    out = Level(start, end)
+    out = Level()
     for key in measured_power_keys(meter):
         rows = meter.sampler.rows(key, start, end)
         power, _ = mean_std([r.power_w for r in rows if r.power_w is not None])
@@ -76,11 +73,10 @@ def steady(previous: Level, current: Level) -> bool:
 
 @dataclass
 class Settling:
-    """What waiting for power to settle did: how long, whether it settled, the last span's power."""
+    """What waiting for power to settle did: how long, and whether it settled."""
 
     waited_s: float
     settled: bool | None  # None: no measured power to settle on
-    power_w: Mapping[str, float] = field(default_factory=dict)  # device -> mean power of the last span
 
 
 def settle(meter: EnergyMeter, max_s: float, span_s: float = SETTLE_SPAN_S) -> Settling:
@@ -100,5 +96,4 @@ def settle(meter: EnergyMeter, max_s: float, span_s: float = SETTLE_SPAN_S) -> S
             settled = False
             break
         previous = current
-    power = {dev: p for (dev, _), p in current.power_w.items()}
-    return Settling(meter.now() - t_begin, settled, power)
+    return Settling(meter.now() - t_begin, settled)

@@ -9,7 +9,6 @@ other processes used it during the window.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,9 +76,8 @@ def window_readings(sampler: PowerSampler, begin: Snapshot, end: Snapshot, idle:
         else:
             energy, source = None, None
         base = idle.get(k)
-        uncertainty = None
-        if base is not None and energy is not None and base.std_power_w is not None and base.n_samples >= 2:
-            uncertainty = base.std_power_w / math.sqrt(base.n_samples) * duration  # standard error of the idle mean x duration
+        stderr = base.std_error_w if base is not None and energy is not None else None
+        uncertainty = stderr * duration if stderr is not None else None  # standard error of the idle mean x duration
         throttle = other = None
         if getattr(sampler.source_of[k], "has_telemetry", False):
             masks = [r.throttle_reasons for r in rows if r.throttle_reasons is not None]
