@@ -95,7 +95,9 @@ def _task(cfg: Any) -> float | None:
         if not multirun:
             raise
         return _job_failed(run_dir, f"{type(error).__name__}: {error} (traceback in {run_dir / 'error.txt'})")
-    log_finished_job(lem_cfg, cfg, run_dir)
+    from lem.tracking.job import announce
+
+    announce(lem_cfg, log_finished_job(lem_cfg, cfg, run_dir))  # the run's URL in the MLflow UI
     return objective(summary)
 
 

@@ -24,6 +24,7 @@ from lem.backends.registry import create_engine, effective_batching
 from lem.config.rules import resolve_device
 from lem.config.schema import EnergyConfig, LemConfig
 from lem.config.types import DatasetSource, Device, ReportFormat, ShardingStrategy
+from lem.measure import host_load
 from lem.records import EndRecord, FlopsRecord, HeaderRecord, RequestRecord
 from lem.workload.serve import PhaseClock, generation_params, serve_open_loop
 from lem.workload.sharding import records_requests, shard_requests
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from lem.launch.pool import EnginePool
     from lem.launch.ranks import RankGroup
     from lem.measure.energy import EnergyMeter
+    from lem.report.progress import Progress
 
 SAMPLE_FLUSH_INTERVAL_S = 5.0  # how often the power timeline is appended to the raw file during generation
 RUN_WINDOW = "run"
@@ -73,6 +75,7 @@ def run_measurement(
     engines: EnginePool | None = None,
     group: RankGroup | SoloGroup | None = None,
     summarize: bool = True,
+    label: str | None = None,
 ) -> dict[str, Any] | None:
     """Run one measured job (or this process's rank of one) into ``run_dir``; return the summary dict.
 
@@ -80,7 +83,28 @@ def run_measurement(
     earlier job with the same engine settings; its setup phases are then not measured again.
     ``group`` (a ``lem.launch.ranks.RankGroup``) places this process among the ranks of a
     sharded run; ``summarize=False`` leaves the summary to whoever waits for every rank.
+    ``label`` ("job 2 of 6") heads the live progress lines, which process 0 shows on a terminal.
     """
+    from lem.report.progress import reporter
+
+    if world_size > 1:
+        label = f"{label} · rank 0 of {world_size}" if label else f"rank 0 of {world_size}"
+    # Closed before the summary is printed (stdout stays clean), and on errors and Ctrl-C (the cursor comes back).
+    with reporter(cfg.report, label, show=process_index == 0) as progress:
+        _run_phases(cfg, run_dir, process_index, world_size, engines, group, progress)
+    return report_summary(cfg, run_dir) if summarize else None
+
+
+def _run_phases(
+    cfg: LemConfig,
+    run_dir: Path,
+    process_index: int,
+    world_size: int,
+    engines: EnginePool | None,
+    group: RankGroup | SoloGroup | None,
+    progress: Progress,
+) -> None:
+    """The phases of :func:`run_measurement`, each shown on ``progress`` as it runs."""
     from lem.measure.memory import PeakMemory
     from lem.models.resolve import resolve_model_path
     from lem.results.writer import RawWriter
@@ -89,6 +113,7 @@ def run_measurement(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     # File and dataset problems surface before any model loads.
+    progress.phase("prepare", "prompts and model files")
     prompts = None if cfg.dataset.source is DatasetSource.synthetic else load_prompts(cfg.dataset)
     # Convert/cache the embedded model (or find a hub model) before anything is measured, so a
     # first-run conversion is not counted as model loading.
@@ -113,15 +138,20 @@ def run_measurement(
         idle_phase = IDLE_PHASE if meter.measures_idle else "warmup"
         if backend is None:
             backend = create_engine(cfg)  # the registry's adapter class for backend.name
+            progress.phase("engine init", cfg.backend.name.value)
             meter.begin_window("engine_init", also=(RUN_WINDOW,))
             backend.init_engine()
             meter.end_window("engine_init", backend.synchronize, begin_next="model_load")
+            progress.phase("model load", cfg.model.name_or_path)
             backend.load_model()
             meter.end_window("model_load", backend.synchronize, begin_next=idle_phase)
             setup_windows = [meter.closed("engine_init"), meter.closed("model_load")]
         else:
             meter.begin_window(idle_phase, also=(RUN_WINDOW,))
         meter.verify_devices()  # CUDA is up now: NVML's devices against torch's UUIDs
+        if meter.measures_idle:
+            e = cfg.energy
+            progress.phase("idle baseline", f"power settling (up to {e.idle_settle_max_s:g} s), then {e.idle_baseline_s:g} s of idle")
         group.barrier()  # every rank idles together: no rank's warmup (or collective spin) runs on a measured device
         baseline = meter.measure_idle()  # state model_loaded (lem.measure.energy.baseline)
         group.barrier()
@@ -162,6 +192,7 @@ def run_measurement(
 
         # Warmup (the window is open): tokenising the prompts is engine-independent and cheap;
         # the run's largest shapes are run, then more planned batches until power is steady.
+        progress.phase("warmup", "tokenising prompts")
         if prompts is None:
             prompts = load_prompts(cfg.dataset, tokenizer=backend.tokenizer)
         from lem.workload.batching import plan_batches
@@ -181,6 +212,9 @@ def run_measurement(
             max_s=cfg.run.warmup_max_s,
             max_output_tokens=cfg.run.warmup_max_output_tokens,
             meter=meter,
+            on_pass=lambda passes, elapsed_s: progress.note(
+                f"pass {passes} · {elapsed_s:.0f} s (until power is steady, up to run.warmup_max_s={cfg.run.warmup_max_s:g} s)"
+            ),
         )
         group.barrier()  # ranks start generating together, so their measured windows overlap
         meter.end_window("warmup", backend.synchronize, begin_next="generation")
@@ -190,6 +224,8 @@ def run_measurement(
         records: list[RequestRecord] = []
         steps = StepLog("lem batches" if backend.scheduling == "batch" else "lem handovers")
         offsets_s = arrival_offsets_s(len(requests), cfg.traffic)
+        progress.generation(len(requests) * cfg.cycles, cfg.cycles)
+        cpu_start = host_load.snapshot()
         last_flush = clock.now_s()
         for cycle in range(cfg.cycles):
             for served in serve_open_loop(backend, requests, offsets_s, batching, params, clock, steps):
@@ -198,6 +234,7 @@ def run_measurement(
                     if recording:
                         writer.write(record)
                         records.append(record)
+                progress.served(len(served), sum(r.output_tokens for r in served), cycle)
                 if clock.now_s() - last_flush >= SAMPLE_FLUSH_INTERVAL_S:
                     _flush_samples(meter, writer)
                     _flush_steps(steps, clock, writer, recording)
@@ -217,7 +254,10 @@ def run_measurement(
                 time.sleep(cfg.run.cycle_cooldown_s)
                 window = meter.end_window("cooldown", lambda: None, begin_next="generation")
                 writer.write(replace(window.phase_record(), cycle=cycle))
+        cpu_end = host_load.snapshot()
         writer.write(meter.closed(RUN_WINDOW).window_record())
+        if cfg.energy.idle_recheck_s > 0:
+            progress.phase("idle recheck", f"{cfg.energy.idle_recheck_s:g} s of idle after generation")
         recheck = meter.recheck_idle(cfg.energy.idle_recheck_s)  # after the run window: drift is reported, not applied
         if recheck is not None:
             writer.write(recheck)
@@ -226,8 +266,9 @@ def run_measurement(
         writer.write(meter.record())
         writer.write(memory.stop())
 
+        progress.phase("counting FLOPs", cfg.flops.strategy.value)
         writer.write(_count_flops(cfg, backend, description, records))
-        writer.write(EndRecord(status="completed", end_s=clock.now_s()))
+        writer.write(_end_record(clock.now_s(), cpu_start, cpu_end))
     except BaseException:
         unload_quietly(backend)  # a failed job may leave the engine in a bad state: never lend it again
         raise
@@ -241,7 +282,15 @@ def run_measurement(
         engines.give_back(cfg, backend)
     else:
         unload_quietly(backend)
-    return report_summary(cfg, run_dir) if summarize else None
+
+
+def _end_record(end_s: float, start: host_load.CpuSnapshot, end: host_load.CpuSnapshot) -> EndRecord:
+    """The end record, with the host's CPU load over generation (the summary's busy-host check)."""
+    host_busy, lem_busy = host_load.busy_cores(start, end)
+    return EndRecord(
+        status="completed", end_s=end_s, cpu_count=os.cpu_count(), load_avg_1m_start=start.load_avg_1m,
+        load_avg_1m_end=end.load_avg_1m, host_busy_cores=host_busy, lem_busy_cores=lem_busy,
+    )
 
 
 def _warn_unapplied_batching(cfg: LemConfig, backend: Any) -> None:
@@ -256,14 +305,14 @@ def _warn_unapplied_batching(cfg: LemConfig, backend: Any) -> None:
 
 def report_summary(cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
     """Compute ``summary.json`` from every raw record file of the run, print it, return it."""
-    from lem.report.table import render_summary
+    from lem.report.table import render_summary, terminal_width
     from lem.results.summarize import write_summary
 
     summary = write_summary(run_dir)
     if cfg.report.format is ReportFormat.json:
         print(json.dumps(summary, indent=1), flush=True)  # machine-readable: nothing else on stdout
     else:
-        print(render_summary(summary), flush=True)
+        print(render_summary(summary, width=terminal_width()), flush=True)
         print(f"\nresults: {run_dir}", flush=True)
     return summary
 

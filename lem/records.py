@@ -278,6 +278,13 @@ class FlopsRecord:
 class EndRecord:
     status: str  # "completed"
     end_s: float
+    # The host's CPUs over the generation window (first cycle's start to last cycle's end; lem.measure.host_load).
+    # All None in records written before these fields existed, or where the platform does not tell.
+    cpu_count: int | None = None  # os.cpu_count() of the host
+    load_avg_1m_start: float | None = None  # 1-minute load average when generation started
+    load_avg_1m_end: float | None = None  # ... and when it ended
+    host_busy_cores: float | None = None  # mean CPU cores busy on the whole host during generation
+    lem_busy_cores: float | None = None  # mean CPU cores busy in this process and its children (the engine's)
     kind: str = "end"
 
 

@@ -57,7 +57,9 @@ def test_run_writes_records_and_summary(tiny_model: Path, tmp_path: Path) -> Non
 
     lines = read_lines(run_dir / "raw" / "process-0.jsonl")
     assert lines[0]["kind"] == "header" and lines[0]["schema_version"] == "lem.raw/1"
-    assert lines[-1] == {"status": "completed", "end_s": lines[-1]["end_s"], "kind": "end"}
+    end = lines[-1]
+    assert {k: end[k] for k in ("status", "kind")} == {"status": "completed", "kind": "end"} and end["end_s"] > 0
+    assert end["cpu_count"] >= 1 and end["lem_busy_cores"] > 0  # the host's load during generation, for the busy-host warning
 
     phases = [line for line in lines if line["kind"] == "phase"]
     # Idle is measured after the model is loaded (one defined state for every job), as a phase of its own.

@@ -29,6 +29,7 @@ from lem.config.types import (
     Quantization,
     RecordTokenIds,
     ReportFormat,
+    ReportProgress,
     ShardingStrategy,
 )
 
@@ -180,6 +181,7 @@ class TrackingConfig:
 @dataclass
 class ReportConfig:
     format: ReportFormat = ReportFormat.table
+    progress: ReportProgress = ReportProgress.auto  # live phase and generation progress on stderr (lem.report.progress)
 
 
 @dataclass

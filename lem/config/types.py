@@ -86,6 +86,12 @@ class ReportFormat(Enum):
     json = "json"  # summary.json on stdout, for scripts (the table is not printed)
 
 
+class ReportProgress(Enum):
+    auto = "auto"  # live progress on stderr when stderr is a terminal and report.format is not json
+    on = "on"  # always (a non-terminal gets each phase's final line only)
+    off = "off"  # no progress output
+
+
 class RecordTokenIds(Enum):
     auto = "auto"  # on when dataset.n_prompts x cycles x dataset.max_output_tokens <= 1,000,000 tokens
     on = "on"  # every request record carries its output token ids

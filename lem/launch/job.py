@@ -37,19 +37,20 @@ def execute_job(cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
     """Run one measured job into ``run_dir`` and return its summary."""
     from lem.launch import ranks
     from lem.pipeline import report_summary, run_measurement
+    from lem.report.sweep_label import sweep_label
 
     session = current()
     if process_count(cfg) == 1:  # also tensor/pipeline parallel vLLM and TensorRT-LLM: they start their own workers
         if cfg.run.isolation is Isolation.inline:
             if session.workers is not None:
                 session.workers.stop()
-            summary = run_measurement(cfg, run_dir, engines=engine_pool())
+            summary = run_measurement(cfg, run_dir, engines=engine_pool(), label=sweep_label())
             assert summary is not None
             return summary
         engine_pool().clear()
         return workers().run(cfg, run_dir)
     if ranks.launched_by_torchrun():
-        return ranks.run_rank(cfg, run_dir, summarize=True) or {}
+        return ranks.run_rank(cfg, run_dir, summarize=True, label=sweep_label()) or {}
     from lem.models.resolve import resolve_model_path
 
     engine_pool().clear()  # the ranks load their own engines; free this process's before they start
@@ -119,10 +120,11 @@ class EngineWorker:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def run_job(self, cfg: LemConfig, run_dir: Path) -> dict[str, Any]:
+    def run_job(self, cfg: LemConfig, run_dir: Path, label: str | None = None) -> dict[str, Any]:
         """Send one job and wait for its summary; raise LemError/RuntimeError/WorkerDied on failure.
 
         A job still running ``run.job_timeout_s`` after it was sent raises JobTimedOut: its worker is stuck.
+        ``label`` ("job 2 of 6") travels with the job: the worker's own environment dates from its spawn.
         """
         import time
 
@@ -132,7 +134,7 @@ class EngineWorker:
         # The worker dumps its stacks at the deadline; the launcher waits a moment longer for them.
         deadline = time.monotonic() + timeout_s + HANG_DUMP_GRACE_S if timeout_s is not None else None
         try:
-            self._conn.send(("job", cfg, str(run_dir)))
+            self._conn.send(("job", cfg, str(run_dir), label))
         except (BrokenPipeError, OSError) as exc:
             raise WorkerDied(f"the engine worker (pid {self.pid}) is gone: {exc}") from None
         while True:
@@ -178,7 +180,7 @@ class EngineWorker:
         """Ask the worker to unload and exit; kill it if it does not."""
         if self.process.is_alive():
             try:
-                self._conn.send(("stop", None, None))
+                self._conn.send(("stop", None, None, None))
             except (BrokenPipeError, OSError):
                 pass
             self.process.join(timeout=timeout_s)
@@ -212,7 +214,7 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
     pool = EnginePool()
     while True:
         try:
-            kind, cfg, run_dir = conn.recv()
+            kind, cfg, run_dir, label = conn.recv()
         except (EOFError, OSError):
             break
         if kind == "stop":
@@ -220,7 +222,7 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
             break
         stacks = _dump_stacks_at_deadline(cfg, Path(run_dir))
         try:
-            summary = run_measurement(cfg, Path(run_dir), engines=pool)
+            summary = run_measurement(cfg, Path(run_dir), engines=pool, label=label)
         except LemError as exc:
             conn.send(("user_error", str(exc)))
             continue
@@ -290,8 +292,10 @@ class WorkerManager:
             env = {"CUDA_VISIBLE_DEVICES": self.lease.cuda_visible_devices} if self.lease is not None else None
             self.worker = EngineWorker(env)
             self.n_started += 1
+        from lem.report.sweep_label import sweep_label
+
         try:
-            return self.worker.run_job(cfg, run_dir)
+            return self.worker.run_job(cfg, run_dir, sweep_label())
         except KeyboardInterrupt:
             # The worker's own process group does not get the terminal's Ctrl-C (nor a SIGTERM sent to
             # lem): pass SIGINT on, so the job and the engine's processes stop as they would in the

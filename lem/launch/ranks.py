@@ -84,7 +84,10 @@ def run_ranks(cfg: LemConfig, run_dir: Path) -> None:
     port = _free_port()
     ctx = mp.get_context("spawn")  # a clean interpreter per rank: no CUDA state inherited
     lease = lease_for(cfg)  # every rank's GPU, held until all ranks are done
-    procs = [ctx.Process(target=_rank_main, args=(cfg, str(run_dir), rank, size, port), name=f"lem-rank-{rank}") for rank in range(size)]
+    from lem.report.sweep_label import sweep_label
+
+    label = sweep_label()  # "job 2 of 6": read here, where Hydra's job is; rank 0 shows it
+    procs = [ctx.Process(target=_rank_main, args=(cfg, str(run_dir), rank, size, port, label), name=f"lem-rank-{rank}") for rank in range(size)]
     # Every rank sees the leased GPUs (inherited at start); LOCAL_RANK picks its own among them.
     env = {"CUDA_VISIBLE_DEVICES": lease.cuda_visible_devices} if lease is not None else None
     try:
@@ -112,13 +115,13 @@ def run_ranks(cfg: LemConfig, run_dir: Path) -> None:
         raise LemError(f"{len(failed)} of {size} ranks failed ({'; '.join(reasons)})")
 
 
-def _rank_main(cfg: LemConfig, run_dir: str, rank: int, size: int, port: int) -> None:
+def _rank_main(cfg: LemConfig, run_dir: str, rank: int, size: int, port: int, label: str | None = None) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if cfg.backend.pytorch.num_threads is None:
         # Replicas share the host's cores: an even split instead of every rank claiming them all.
         cfg.backend.pytorch.num_threads = max(1, (os.cpu_count() or 1) // size)
     try:
-        run_rank(cfg, Path(run_dir))
+        run_rank(cfg, Path(run_dir), label=label)
     except BaseException as exc:  # the launcher reads why from the run directory
         Path(run_dir, RANK_ERROR_FILE.format(rank=rank)).write_text(
             "".join(traceback.format_exception(exc)) if not isinstance(exc, LemError) else f"{exc}\n"
@@ -126,13 +129,16 @@ def _rank_main(cfg: LemConfig, run_dir: str, rank: int, size: int, port: int) ->
         raise SystemExit(1) from None
 
 
-def run_rank(cfg: LemConfig, run_dir: Path, *, summarize: bool = False) -> dict[str, Any] | None:
-    """Run this process's rank of a multi-process job; with ``summarize`` rank 0 writes the summary at the end."""
+def run_rank(cfg: LemConfig, run_dir: Path, *, summarize: bool = False, label: str | None = None) -> dict[str, Any] | None:
+    """Run this process's rank of a multi-process job; with ``summarize`` rank 0 writes the summary at the end.
+
+    Rank 0 shows the live progress (``label``: "job 2 of 6" in a sweep), for its own share of the requests.
+    """
     from lem.pipeline import run_measurement
 
     group = RankGroup.from_env().start()
     try:
-        run_measurement(cfg, run_dir, process_index=group.rank, world_size=group.size, group=group, summarize=False)
+        run_measurement(cfg, run_dir, process_index=group.rank, world_size=group.size, group=group, summarize=False, label=label)
         group.barrier()  # every rank's records are complete before anyone summarizes
     finally:
         group.close()

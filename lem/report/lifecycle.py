@@ -4,7 +4,7 @@ init + model load + warmup) against what it then spent per generated token.
 Optimised engines tend to pay more up front and less per token; which one costs less in all depends
 on how many tokens the deployment serves before it restarts, so both halves are shown, with the
 break-even point against the first job. Printed at the end of every multirun
-(``SweepTableCallback``, registered in ``conf/config.yaml``) from the jobs' ``summary.json`` alone.
+(``lem.tracking.verdict_callback.SweepTableCallback``) from the jobs' ``summary.json`` alone.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from hydra.experimental.callback import Callback
 
 from lem.report.table import fmt_num, grid
 
@@ -104,16 +102,25 @@ def _overrides(job: Path) -> list[str]:
         return []
 
 
-class SweepTableCallback(Callback):
-    """Prints the lifecycle table of a multirun when its last job is done."""
+def verdict_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One verdict row (:mod:`lem.report.verdict`) per job folder of ``sweep_dir``, failed ones included,
+    each with its swept values (the overrides whose values differ between jobs) and its folder."""
+    from lem.report.verdict import row_from_summary
 
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    found = []
+    for job in jobs:
         try:
-            sweep_dir = Path(str(config.hydra.sweep.dir))
-            if not sweep_dir.is_absolute():
-                sweep_dir = Path(str(config.hydra.runtime.cwd)) / sweep_dir
-            rows = sweep_rows(sweep_dir)
-        except Exception:  # noqa: BLE001 - a report only; the jobs' own results are already written
-            return
-        if rows:
-            print("\n" + render_lifecycle(rows), flush=True)
+            summary = json.loads((job / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            summary = None
+        values = dict(item.split("=", 1) for item in _overrides(job) if "=" in item)
+        found.append((job, summary, {k.lstrip("+~"): v for k, v in values.items()}))
+    keys = list(dict.fromkeys(k for _, _, values in found for k in values))
+    swept = [k for k in keys if len({values.get(k) for _, _, values in found}) > 1]
+    rows = []
+    for job, summary, values in found:
+        status = "failed" if (job / "error.txt").is_file() else None  # a job that raised after writing its summary
+        rows.append(row_from_summary(summary, num=int(job.name), swept={k: values.get(k, "—") for k in swept},
+                                     status=status, run_dir=str(job)))
+    return rows

@@ -5,59 +5,22 @@ Missing figures print as "—", never as 0: a reader must not mistake "not measu
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-DASH = "—"
+from lem.report.numbers import DASH, fmt_bytes, fmt_num, fmt_si
+
 _LABEL_W = 20
 _LATENCY_ROWS = (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E", "e2e_ms"), ("queue", "queue_ms"))
 
 
-def fmt_num(x: float | int | None, unit: str = "") -> str:
-    """A number at a precision that suits its size, with its unit; None is a dash."""
-    if x is None:
-        return DASH
-    if isinstance(x, bool):
-        return str(x)
-    if isinstance(x, int):
-        text = f"{x:,}"
-    else:
-        a = abs(x)
-        if a == 0:
-            text = "0"
-        elif a >= 1000:
-            text = f"{x:,.0f}"
-        elif a >= 100:
-            text = f"{x:.1f}"
-        elif a >= 1:
-            text = f"{x:.2f}"
-        else:
-            text = f"{x:#.3g}"  # three significant digits, trailing zeros kept: 0.100, 0.0123
-    return f"{text} {unit}" if unit else text
+def render_summary(summary: Mapping[str, Any], width: int = 100) -> str:
+    """The headline line, then the summary as aligned sections: run, tokens, throughput, latency,
+    phases, energy, memory, warnings (wrapped at word boundaries to ``width`` columns)."""
+    from lem.report.headline import headline_line
 
-
-def fmt_bytes(n: int | float | None) -> str:
-    if n is None:
-        return DASH
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}" if unit == "GiB" else f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt_si(x: float | None, unit: str) -> str:
-    """Large counts with an SI prefix: 1.23 TFLOP."""
-    if x is None:
-        return DASH
-    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= size:
-            return f"{x / size:.3g} {prefix}{unit}"
-    return f"{x:.3g} {unit}"
-
-
-def render_summary(summary: Mapping[str, Any]) -> str:
-    """The summary as aligned sections: run, tokens, throughput, latency, phases, energy, memory, warnings."""
-    out: list[str] = []
+    out: list[str] = [headline_line(summary), ""]
     _run(out, summary.get("status"), summary.get("run") or {})
     _tokens(out, summary.get("n_requests"), summary.get("tokens") or {})
     _throughput(out, summary.get("throughput") or {}, summary.get("traffic") or {})
@@ -69,8 +32,17 @@ def render_summary(summary: Mapping[str, Any]) -> str:
     warnings = summary.get("warnings") or []
     out.append("")
     out.append("warnings" if warnings else "warnings: none")
-    out.extend(f"  ! {w}" for w in warnings)
+    for w in warnings:
+        out.extend(textwrap.wrap(str(w), width=max(width, 40), initial_indent="  ! ", subsequent_indent="    ",
+                                 break_long_words=False, break_on_hyphens=False) or ["  !"])
     return "\n".join(out)
+
+
+def terminal_width(default: int = 100) -> int:
+    """Columns of the terminal lem prints to (``default`` when it is not one)."""
+    import shutil
+
+    return shutil.get_terminal_size((default, 24)).columns
 
 
 def _cycles(out: list[str], cycles: Mapping[str, Any] | None) -> None:

@@ -20,6 +20,7 @@ from lem.results.latency import distribution, request_latencies
 from lem.results.phase_energy import energy_of
 from lem.results.reader import RawProcessRecords, clock_offsets
 from lem.results.token_ids import greedy_from_config, token_id_checks, token_id_warnings
+from lem.results.trust import trust_warnings
 from lem.results.warmup import warmup_section
 from lem.results.workload import batching_section, traffic_section
 
@@ -63,6 +64,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
     if tokens["truncated_prompts"]:
         n_prompts = len({r["request_id"] for r in requests})
         warnings.append(f"{tokens['truncated_prompts']} of {n_prompts} prompts were cut to dataset.max_input_tokens")
+    warnings.extend(trust_warnings(procs, config))  # a busy host, a batch size the prompts never filled
 
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,

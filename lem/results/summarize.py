@@ -63,7 +63,7 @@ def write_summary(run_dir: str | os.PathLike[str], config: Mapping[str, Any] | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lem.report.table import render_summary
+    from lem.report.table import render_summary, terminal_width
 
     parser = argparse.ArgumentParser(
         prog="lem summarize",
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if len(args.run_dirs) > 1:
             print(("\n" if i else "") + f"== {run_dir}")
-        print(render_summary(summary))
+        print(render_summary(summary, width=terminal_width()))
         if not args.no_write:
             print(f"\nwrote {Path(run_dir) / SUMMARY_FILE}")
     return 1 if failed else 0

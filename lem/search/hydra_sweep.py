@@ -190,11 +190,14 @@ def run_hydra_study(options: Mapping[str, Any], config: Any, launcher: Any, argu
     )
     result = None
     try:
-        result = run_study(settings, distributions, fixed, make_launch(launcher, config, settings, link), study=study, echo=_echo)
+        from lem.report.sweep_label import sweep_size
+
+        with sweep_size("trial", settings.n_trials):  # "trial i of N" in each job's progress display
+            result = run_study(settings, distributions, fixed, make_launch(launcher, config, settings, link), study=study, echo=_echo)
     finally:
         stopped = result.stopped if result is not None else "interrupted"
         print(format_summary(study, settings, stopped), flush=True)
-        link.log_study(study, settings, stopped)
+        link.log_study(study, settings, stopped, distributions)
     if result.stopped and "max_failure_rate" in result.stopped:
         current().failure_stops.append(result.stopped)  # the command ends non-zero
         print(f"lem: {result.stopped}", file=sys.stderr, flush=True)

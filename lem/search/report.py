@@ -14,7 +14,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from lem.search.settings import (
     ATTR_RUN_DIR,
     ATTR_SKIPPED,
     SHORT_NAMES,
+    Importances,
     StudySettings,
 )
 from lem.search.study import format_metric, is_feasible
@@ -104,7 +105,9 @@ def best_trials(study: Any, settings: StudySettings) -> list[Any]:
 
 
 def format_summary(study: Any, settings: StudySettings, stopped: str | None = None) -> str:
-    from lem.search.space import format_value
+    """The study's verdict for the terminal: its settings, then every trial (:func:`lem.report.verdict.render_verdict`)."""
+    from lem.report.verdict import render_verdict
+    from lem.search.verdict import best_reason, best_row, verdict_rows
 
     rows = study_rows(study, settings)
     n_failed = sum(r["state"] == "FAIL" for r in rows)
@@ -123,21 +126,13 @@ def format_summary(study: Any, settings: StudySettings, stopped: str | None = No
         lines.append(f"  stopped   {stopped}")
     if not best:
         lines.append("  best      none: no trial completed within the limits")
-        return "\n".join(lines)
-    title = "best trial" if len(settings.directions) == 1 else f"Pareto front ({len(best)} trial{'s' if len(best) != 1 else ''}, by {SHORT_NAMES.get(settings.objectives[0], settings.objectives[0])})"
-    lines.append(f"  {title}")
-    metric_cols = list(dict.fromkeys([*settings.objectives, *settings.recorded]))
-    param_names = list(dict.fromkeys(k for t in best for k in t.params))
-    header = ["trial", *[SHORT_NAMES.get(m, m) for m in metric_cols], *param_names]
-    table = [header]
-    for t in best:
-        metrics = t.user_attrs.get(ATTR_METRICS, {})
-        table.append([f"#{t.number}", *[format_metric(metrics.get(m)) for m in metric_cols], *[format_value(t.params[p]) if p in t.params else "" for p in param_names]])
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        lines.append("    " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-    if len(best) == 1 and best[0].user_attrs.get(ATTR_RUN_DIR):
-        lines.append(f"  results   {best[0].user_attrs[ATTR_RUN_DIR]}")
+    elif len(settings.directions) > 1:
+        lines.append(f"  Pareto front ({len(best)} trial{'s' if len(best) != 1 else ''} on the study's objectives): "
+                     + ", ".join(f"#{t.number}" for t in best))
+    verdict = verdict_rows(study_rows(study, settings, measured_only=False), settings)
+    if verdict:
+        lines += ["", render_verdict(verdict, title=f"lem study {settings.study_name} verdict", best=best_row(verdict, [t.number for t in best]),
+                                     what="trial", why=best_reason(settings))]
     return "\n".join(lines)
 
 
@@ -191,8 +186,11 @@ def study_summary(study: Any, settings: StudySettings, stopped: str | None = Non
     }
 
 
-def importances(study: Any, settings: StudySettings) -> dict[str, dict[str, float]]:
-    """Each objective's parameter importances (fANOVA, else PED-ANOVA); empty when too few trials."""
+def importances(study: Any, settings: StudySettings, *, echo: Callable[[str], None] | None = None) -> Importances:
+    """Each objective's parameter importances (fANOVA, else PED-ANOVA) over the measured completed trials
+    (repeats of a configuration left out); empty when too few. From fewer than
+    ``MIN_TRIALS_FOR_IMPORTANCES`` trials the result's ``warning`` says they are unreliable, and
+    ``echo`` (default: stderr) prints it."""
     import warnings
 
     import optuna
@@ -202,7 +200,9 @@ def importances(study: Any, settings: StudySettings) -> dict[str, dict[str, floa
     varying = [k for k in {k for t in measured for k in t.params} if len({repr(t.params.get(k)) for t in measured}) > 1]
     out: dict[str, dict[str, float]] = {}
     if len(measured) < 3 or not varying:
-        return out
+        return Importances(out)
+    only_measured = optuna.create_study(directions=study.directions)  # in memory: the evaluators read a whole study
+    only_measured.add_trials(measured)
     evaluators = [optuna.importance.FanovaImportanceEvaluator(seed=0)]
     if hasattr(optuna.importance, "PedAnovaImportanceEvaluator"):
         evaluators.append(optuna.importance.PedAnovaImportanceEvaluator())
@@ -212,13 +212,16 @@ def importances(study: Any, settings: StudySettings) -> dict[str, dict[str, floa
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     values = optuna.importance.get_param_importances(
-                        study, evaluator=evaluator, params=sorted(varying), target=lambda t, i=i: t.values[i]
+                        only_measured, evaluator=evaluator, params=sorted(varying), target=lambda t, i=i: t.values[i]
                     )
                 out[objective] = {k: float(v) for k, v in values.items()}
                 break
             except Exception:  # noqa: BLE001 - too few distinct trials, or the evaluator's package is missing
                 continue
-    return out
+    result = Importances(out, n_trials=len(measured))
+    if result.warning:
+        (echo or (lambda line: print(line, file=sys.stderr, flush=True)))(f"lem: warning: {result.warning}")
+    return result
 
 
 # --- MLflow --------------------------------------------------------------------------------------
@@ -287,20 +290,32 @@ class MlflowLink:
         except Exception as exc:  # noqa: BLE001
             self._warn(f"link trial {number} to its run", exc)
 
-    def log_study(self, study: Any, settings: StudySettings, stopped: str | None) -> None:
-        """Write the study's summary, table and plots into the sweep's parent run."""
+    def log_study(self, study: Any, settings: StudySettings, stopped: str | None, distributions: Mapping[str, Any] | None = None) -> None:
+        """Write the study's verdict, summary, table and plots into the sweep's parent run.
+
+        ``distributions``: the search space, logged as the parent's params.
+        """
         if not self.enabled or not self.parent_run_id:
             return
         try:
-            self._log_study(study, settings, stopped)
+            self._log_study(study, settings, stopped, distributions)
         except Exception as exc:  # noqa: BLE001
             self._warn("log the study summary", exc)
 
-    def _log_study(self, study: Any, settings: StudySettings, stopped: str | None) -> None:
+    def _log_study(self, study: Any, settings: StudySettings, stopped: str | None, distributions: Mapping[str, Any] | None) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         from lem.search import plots
         from lem.search.space import format_value
+        from lem.search.verdict import (
+            best_reason,
+            best_row,
+            headline_metrics,
+            study_params,
+            summary_of,
+            verdict_rows,
+        )
+        from lem.tracking.parent_verdict import log_sweep_verdict
 
         client, _ = self._client()
         run_id = self.parent_run_id
@@ -309,35 +324,27 @@ class MlflowLink:
         now = int(time.time() * 1000)
         metrics = [Metric(f"optuna/{k}", float(summary[k]), now, 0) for k in ("n_measured", "n_complete", "n_failed", "n_infeasible")]
         metrics.append(Metric("optuna/n_best", float(len(best)), now, 0))
-        if len(settings.directions) == 1 and best:
+        if len(settings.directions) == 1 and best:  # the best trial's objective, whatever it is (the headline metrics follow)
             metrics.append(Metric(f"optuna/best/{settings.objectives[0].replace('.', '/')}", float(best[0]["values"][0]), now, 0))
-        for r in study_rows(study, settings):  # per-trial series, step = trial number
-            for path in settings.objectives:
-                if r.get(path) is not None:
-                    metrics.append(Metric(f"optuna/trials/{path.replace('.', '/')}", float(r[path]), now, r["number"]))
-        params = [
-            Param("optuna.study_name", settings.study_name),
-            Param("optuna.storage", redact(settings.storage)[:6000]),
-            Param("optuna.sampler", summary["sampler"]),
-            Param("optuna.directions", ",".join(settings.directions)),
-            Param("optuna.objectives", ",".join(settings.objectives)),
-            Param("optuna.n_trials", str(settings.n_trials)),
-        ]
-        params += [Param(f"optuna.limit.{p}", str(v)) for p, v in settings.limits.items()]
         existing = client.get_run(run_id).data.params
-        params = [p for p in params if p.key not in existing]  # params are write-once; a rerun may log into a used run
+        params = [Param(k, v) for k, v in study_params(settings, distributions, summary["sampler"]).items() if k not in existing]
         tags = [RunTag(STUDY_NAME_TAG, settings.study_name), RunTag("lem.kind", "sweep"), RunTag("lem.optuna.n_best", str(len(best)))]
         if best:
             tags.append(RunTag("lem.optuna.best_trials", ",".join(str(b["number"]) for b in best)))
+            tags.append(RunTag("lem.best_trial_number", str(best[0]["number"])))
             if len(best) == 1:
                 tags += [RunTag(f"lem.optuna.best.{k}", format_value(v)) for k, v in best[0]["params"].items()]
         if stopped:
             tags.append(RunTag("lem.optuna.stopped", stopped[:5000]))
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[i : i + 1000])
-        client.log_batch(run_id, params=params[:100], tags=tags)
+        client.log_batch(run_id, metrics=metrics)
+        for i in range(0, max(len(params), 1), 100):  # params are write-once; a rerun may log into a used run
+            client.log_batch(run_id, params=params[i : i + 100], tags=tags if i == 0 else [])
 
         rows = study_rows(study, settings)
+        verdict = verdict_rows(study_rows(study, settings, measured_only=False), settings)
+        top = best_row(verdict, [b["number"] for b in best])
+        child = client.get_run(top["run_id"]).data.metrics if top is not None and top.get("run_id") else None
+        headline = headline_metrics(child, summary_of(top["run_dir"]) if top is not None else None)
         with tempfile.TemporaryDirectory(prefix="lem-study-") as tmp:
             staged = Path(tmp)
             (staged / "optuna").mkdir()
@@ -345,11 +352,37 @@ class MlflowLink:
             (staged / "optuna" / "study.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
             write_trials_csv(study, settings, staged / "study" / "trials.csv")
             front = [b["number"] for b in best]
-            plots.plot_pareto_front(rows, front, staged / "optuna" / "pareto_front.png", title=f"study {settings.study_name}: J/token against throughput")
+            pareto = plots.plot_pareto_front(rows, front, staged / "optuna" / "pareto_front.png", title=f"study {settings.study_name}: J/token against throughput")
             plots.optimization_history(rows, settings.objectives, settings.directions, staged / "optuna" / "optimization_history.png")
             plots.param_importances(importances(study, settings), staged / "optuna" / "param_importances.png")
+            heatmap = _heatmap(verdict, staged / "heatmap.png")
             client.log_artifacts(run_id, str(staged / "optuna"), "optuna")
             client.log_artifacts(run_id, str(staged / "study"), "study")
+            limits = ", ".join(f"{SHORT_NAMES.get(p, p)} <= {format_metric(v)}" for p, v in settings.limits.items())
+            log_sweep_verdict(
+                client, run_id, verdict, best=top, headline=headline, title=f"lem study {settings.study_name}", what="trial",
+                why=best_reason(settings), command=f"Optuna study `{settings.study_name}`: {summary['n_measured']} trials measured"
+                f" of n_trials={settings.n_trials}, sampler {summary['sampler']}" + (f"; stopped: {stopped}" if stopped else ""),
+                notes=[f"infeasible: over a limit ({limits})"] if limits else [],
+                pareto_png=_read(pareto), heatmap_png=_read(heatmap),
+            )
+
+
+def _read(path: Any) -> bytes | None:
+    try:
+        return Path(path).read_bytes() if path else None
+    except OSError:
+        return None
+
+
+def _heatmap(verdict: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """J/token over the two searched keys (exactly two), the completed trials only."""
+    from lem.tracking import plots
+
+    keys = list(dict.fromkeys(k for r in verdict for k in r["swept"]))
+    cells = [{"swept": r["swept"], "status": "FINISHED", "headline/j_per_output_token": r["j_per_token"],
+              "headline/output_tokens_per_s": r["tokens_per_s"]} for r in verdict if r["status"] == "completed"]
+    return plots.sweep_heatmap(cells, keys[0], keys[1], path) if len(keys) == 2 and cells else None
 
 
 def fail_parent(target: Any, parent_run_id: str | None, reason: str) -> None:

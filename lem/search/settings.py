@@ -21,6 +21,15 @@ LIMIT_KEYS = {"max_ttft_p99_ms": TTFT_P99_MS, "max_tpot_p99_ms": TPOT_P99_MS}
 RECORDED_METRICS = (J_PER_TOKEN, TOKENS_PER_S, TTFT_P99_MS, TPOT_P99_MS)
 SHORT_NAMES = {J_PER_TOKEN: "J/token", TOKENS_PER_S: "tok/s", TTFT_P99_MS: "TTFT p99 ms", TPOT_P99_MS: "TPOT p99 ms"}
 
+
+def metric_names(objectives: list[str]) -> list[str]:
+    """The objectives' names as the study records them (``study.set_metric_names``, shown by
+    optuna-dashboard): stable identifiers, the summary.json path less its section
+    (``energy.j_per_output_token`` → ``j_per_output_token``, ``latency.ttft_ms.p99`` → ``ttft_ms_p99``);
+    the whole path, dots as underscores, when two objectives would otherwise share a name."""
+    short = [p.split(".", 1)[-1].replace(".", "_") for p in objectives]
+    return short if len(set(short)) == len(short) else [p.replace(".", "_") for p in objectives]
+
 # User attributes lem stores on each trial (read back by the report and by a resumed study).
 ATTR_METRICS = "lem.metrics"
 ATTR_RUN_DIR = "lem.run_dir"
@@ -32,8 +41,29 @@ ATTR_WORKER = "lem.worker"
 ATTR_PARENT = "lem.mlflow_parent"  # {"run_id", "sweep_id"}: the sweep parent run of the session that asked the trial
 ATTR_OVERRIDES = "lem.overrides"
 ATTR_CONSTRAINTS = "lem.constraints"
+ATTR_ENERGY_SOURCE = "lem.energy_source"  # summary.json's energy.source: "estimated" when J/token is a model's figure
 ATTR_MLFLOW_RUN_ID = "mlflow_run_id"
 STUDY_ATTR_IDENTITY = "lem.identity"
+
+# Parameter importances (fANOVA's forest on a handful of points) from fewer trials than this are noise.
+MIN_TRIALS_FOR_IMPORTANCES = 10
+
+
+def importances_warning(n_trials: int) -> str | None:
+    """The caveat of parameter importances computed from ``n_trials`` trials; None when there are enough."""
+    if n_trials >= MIN_TRIALS_FOR_IMPORTANCES:
+        return None
+    return f"parameter importances from {n_trials} trials are unreliable (fewer than {MIN_TRIALS_FOR_IMPORTANCES})"
+
+
+class Importances(dict):  # type: ignore[type-arg]
+    """Each objective's {parameter: importance}, and how many trials they came from (``n_trials``)
+    with the caveat for too few (``warning``), which the importances plot puts in its title."""
+
+    def __init__(self, values: dict[str, dict[str, float]] | None = None, n_trials: int = 0) -> None:
+        super().__init__(values or {})
+        self.n_trials = n_trials
+        self.warning = importances_warning(n_trials) if self else None
 
 
 @dataclass
@@ -77,3 +107,4 @@ class TrialOutcome:
     run_dir: Path | None = None
     error: str | None = None  # one line; set when the job failed
     mlflow_run_id: str | None = None
+    energy_source: str | None = None  # summary.json's energy.source ("estimated": no sensor)

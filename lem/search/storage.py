@@ -25,6 +25,7 @@ from lem.search.settings import (
     ATTR_WORKER,
     STUDY_ATTR_IDENTITY,
     StudySettings,
+    metric_names,
 )
 from lem.tracking.store import (
     ENV_PARENT_RUN_ID,
@@ -88,6 +89,28 @@ def _has_set_constraint() -> bool:
     return hasattr(optuna.trial.Trial, "set_constraint")
 
 
+# Optuna's system attribute for a trial's constraint values as one list (``constraints_func``'s format,
+# ``optuna.study._constrained_optimization._CONSTRAINTS_KEY``): the only place optuna-dashboard (0.21)
+# reads them from to grey out an infeasible trial. Optuna 5 reads it too, as constraints "0", "1", ...
+CONSTRAINTS_SYSTEM_ATTR = "constraints"
+
+
+def set_constraints(study: Any, trial: Any, constraints: Mapping[str, float]) -> None:
+    """Record a trial's constraint values (feasible iff all <= 0) before it is told, whatever the sampler.
+
+    Written once, as Optuna's list under the system attribute "constraints": what optuna-dashboard
+    reads, what Optuna 4's constrained samplers read, and what Optuna 5 lists as ``trial.constraints``
+    ("0", "1", ...). Not also by name (Optuna 5's ``set_constraint``): each limit would then count
+    twice (GPSampler models every entry). The names stay in the trial's ``lem.constraints`` user attribute.
+    """
+    if not constraints:
+        return
+    values = [float(v) for v in constraints.values()]
+    storage = getattr(study, "_storage", None)
+    if storage is not None and hasattr(trial, "_trial_id"):
+        storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_SYSTEM_ATTR, values)
+
+
 # --- opening the study -------------------------------------------------------------------------
 
 
@@ -136,8 +159,22 @@ def open_study(settings: StudySettings, sampler_cfg: Mapping[str, Any] | None, d
             f"hydra.sweeper latency limits {limits or 'none'}: study {settings.study_name} was run with "
             f"{study.user_attrs['lem.limits'] or 'none'}; use another hydra.sweeper.study_name for other limits"
         )
+    _set_metric_names(study, settings.objectives)
     _fail_stale_trials(study)
     return study
+
+
+def _set_metric_names(study: Any, objectives: list[str]) -> None:
+    """Name the study's objectives (``study.set_metric_names``) so optuna-dashboard shows them by name;
+    a study that already has these names is left as it is (the objectives were checked above)."""
+    import warnings
+
+    names = metric_names(objectives)
+    if not hasattr(study, "set_metric_names") or getattr(study, "metric_names", None) == names:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental" since Optuna 3.2: a line on every study for nothing
+        study.set_metric_names(names)
 
 
 def _open_storage(url: str, attempts: int = 6) -> Any:

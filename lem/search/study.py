@@ -30,6 +30,7 @@ from lem.errors import LemError
 from lem.search.settings import (
     ATTR_CONSTRAINTS,
     ATTR_DUPLICATE_OF,
+    ATTR_ENERGY_SOURCE,
     ATTR_ERROR,
     ATTR_INTERRUPTED,
     ATTR_METRICS,
@@ -44,7 +45,7 @@ from lem.search.settings import (
     StudySettings,
     TrialOutcome,
 )
-from lem.search.storage import _ask, _has_set_constraint, _tell, open_study
+from lem.search.storage import _ask, _tell, open_study, set_constraints
 from lem.tracking.metrics import finite_number, value_at
 from lem.tracking.store import error_line
 
@@ -89,6 +90,9 @@ def outcome_from_run_dir(run_dir: Path | None, paths: Sequence[str], *, error: s
             summary = None
     if summary is not None:
         outcome.metrics = {p: summary_value(summary, p) for p in paths}
+        energy = summary.get("energy")
+        if isinstance(energy, Mapping) and isinstance(energy.get("source"), str):
+            outcome.energy_source = energy["source"]
         if outcome.error is None and summary.get("status") not in (None, "completed"):
             outcome.error = f"the run is {summary.get('status')} (a process did not finish; see {run_dir})"
     elif outcome.error is None:
@@ -237,15 +241,13 @@ def _tell_duplicate(study: Any, trial: Any, earlier: Any) -> None:
     from optuna.trial import TrialState
 
     trial.set_user_attr(ATTR_DUPLICATE_OF, earlier.number)
-    for key in (ATTR_METRICS, ATTR_RUN_DIR, ATTR_CONSTRAINTS, ATTR_MLFLOW_RUN_ID):
+    for key in (ATTR_METRICS, ATTR_RUN_DIR, ATTR_CONSTRAINTS, ATTR_MLFLOW_RUN_ID, ATTR_ENERGY_SOURCE):
         if key in earlier.user_attrs:
             trial.set_user_attr(key, earlier.user_attrs[key])
     if earlier.state != TrialState.COMPLETE:
         _tell(study, trial, state=TrialState.FAIL)
         return
-    if _has_set_constraint():
-        for name, value in (getattr(earlier, "constraints", None) or {}).items():
-            trial.set_constraint(name, value)
+    set_constraints(study, trial, earlier.user_attrs.get(ATTR_CONSTRAINTS) or {})
     _tell(study, trial, values=list(earlier.values))
 
 
@@ -258,6 +260,8 @@ def _tell_outcome(study: Any, trial: Any, outcome: TrialOutcome, settings: Study
         trial.set_user_attr(ATTR_RUN_DIR, str(outcome.run_dir))
     if outcome.mlflow_run_id:
         trial.set_user_attr(ATTR_MLFLOW_RUN_ID, outcome.mlflow_run_id)
+    if outcome.energy_source:
+        trial.set_user_attr(ATTR_ENERGY_SOURCE, outcome.energy_source)
     error = outcome.error
     values: list[float] = []
     if error is None:
@@ -278,9 +282,7 @@ def _tell_outcome(study: Any, trial: Any, outcome: TrialOutcome, settings: Study
         constraints[_constraint_name(path)] = (value - limit) if value is not None else _MISSING_METRIC_VIOLATION
     if constraints:
         trial.set_user_attr(ATTR_CONSTRAINTS, constraints)
-        if _has_set_constraint():
-            for name, value in constraints.items():
-                trial.set_constraint(name, value)
+        set_constraints(study, trial, constraints)  # every sampler's trials: optuna-dashboard greys the infeasible
     _tell(study, trial, values=values)
 
 

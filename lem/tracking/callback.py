@@ -5,7 +5,10 @@ the parent run and hands its id to the jobs through the environment (jobs in thi
 or launcher subprocesses that inherit it) and through ``<sweep_dir>/.lem_sweep.json`` (jobs on
 other nodes sharing the filesystem). Jobs log themselves (``lem.tracking.job``); a job that
 died before it could is logged here from its folder. On sweep end the parent receives the
-children's table and plots. Light to import: MLflow loads only when a sweep starts.
+verdict (the best job's headline metrics, ``sweep/report.html``), the children's table and plots
+(:func:`lem.tracking.sweep.finalize_parent`); the terminal verdict is printed by
+``lem.tracking.verdict_callback.SweepTableCallback``, which reads the jobs' MLflow run ids from the
+children of this parent. Light to import: MLflow loads only when a sweep starts.
 """
 
 from __future__ import annotations
@@ -177,6 +180,15 @@ class LemMlflowCallback(Callback):
         failed = sum(r["status"] == "FAILED" for r in rows)
         print(
             f"\nlem: sweep logged to MLflow ({redact(self.target.uri)}, experiment {self.target.experiment_name!r}): "
-            f"{len(rows)} jobs, {failed} failed{', ' + refusals.split(':')[0] if refusals else ''}; parent run {self.parent_run_id}",
+            f"{len(rows)} jobs, {failed} failed{', ' + refusals.split(':')[0] if refusals else ''}; parent run {self.parent_run_id} "
+            "(verdict: its description and sweep/report.html)",
             flush=True,
         )
+        try:
+            from lem.tracking.store import connect
+            from lem.tracking.view import where_to_look
+
+            _, experiment_id = connect(self.target)
+            print("\n".join(where_to_look(self.target.uri, experiment_id, self.parent_run_id)), flush=True)
+        except Exception:  # noqa: BLE001 - a hint only
+            pass

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from lem.tracking.metrics import HEADLINE_METRICS
 from lem.tracking.store import (
     DEFAULT_EXPERIMENT,
     Target,
@@ -41,18 +42,16 @@ KEY_PARAMS = (
     "dataset.n_prompts",
     "dataset.max_output_tokens",
 )
-HEADLINE_METRICS = (
-    "energy/j_per_output_token",
+# Metric columns every export has: the headline first (lem.tracking.metrics.HEADLINE_METRICS), then the
+# figures that put it in context.
+EXPORT_METRICS = (
+    *HEADLINE_METRICS,
     "energy/j_per_request",
     "energy/mean_power_w",
-    "energy/generation_energy_j",
+    "energy/phase/generation_j",
     "energy/run_energy_j",
-    "throughput/output_tokens_per_s",
     "throughput/total_tokens_per_s",
     "throughput/requests_per_s",
-    "latency/ttft_ms_p50",
-    "latency/ttft_ms_p99",
-    "latency/tpot_ms_p50",
     "latency/tpot_ms_p99",
     "latency/e2e_ms_p50",
     "latency/e2e_ms_p99",
@@ -74,7 +73,7 @@ def _row(ids: Mapping[str, Any], params: Mapping[str, str], metrics: Mapping[str
     row: dict[str, Any] = dict(ids)
     for key in KEY_PARAMS:
         row[PARAM_PREFIX + key] = params.get(key)
-    for key in HEADLINE_METRICS:
+    for key in EXPORT_METRICS:
         row[METRIC_PREFIX + key] = metrics.get(key)
     if all_columns:
         row.update({PARAM_PREFIX + k: v for k, v in params.items()})
@@ -165,7 +164,7 @@ def rows_from_dirs(paths: Sequence[Path], *, all_columns: bool = False) -> list[
 
 def write_csv(rows: Iterable[Mapping[str, Any]], out: TextIO) -> int:
     rows = list(rows)
-    columns: list[str] = [*ID_COLUMNS, *(PARAM_PREFIX + k for k in KEY_PARAMS), *(METRIC_PREFIX + k for k in HEADLINE_METRICS)]
+    columns: list[str] = [*ID_COLUMNS, *(PARAM_PREFIX + k for k in KEY_PARAMS), *(METRIC_PREFIX + k for k in EXPORT_METRICS)]
     seen = set(columns)
     for r in rows:  # --all: extra params and metrics after the fixed ones, in first-seen order
         for k in r:
@@ -185,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export lem runs as CSV (one row per run): key params and headline metrics.",
         epilog="Examples:\n"
         "  python -m lem export -o runs.csv\n"
-        "  python -m lem export --filter \"params.batching.batch_size = '8' and metrics.`energy/j_per_output_token` < 0.5\"\n"
+        "  python -m lem export --filter \"params.batching.batch_size = '8' and metrics.`headline/j_per_output_token` < 0.5\"\n"
         "  python -m lem export --from-dirs multirun/2026-05-01/12-00-00 -o sweep.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

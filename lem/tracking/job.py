@@ -158,4 +158,24 @@ def log_finished_job(lem_cfg: Any, composed_cfg: Any, run_dir: str | os.PathLike
     if target is None:
         current().tracking.logged_run_dirs.add(_key(run_dir))
         return None
-    return log_job(composed_cfg, run_dir, error_text=error_text, target=target)
+    from lem.report.progress import status
+
+    with status("logging to MLflow…", getattr(lem_cfg, "report", None)):  # a transient line on a terminal
+        return log_job(composed_cfg, run_dir, error_text=error_text, target=target)
+
+
+def announce(cfg: Any, run_id: str | None) -> None:
+    """Print where the run just logged can be seen (nothing when it was not logged, or under report.format=json)."""
+    if not run_id or str(getattr(getattr(cfg.report, "format", None), "value", "table")) == "json":
+        return
+    try:
+        from lem.tracking.store import connect
+        from lem.tracking.view import where_to_look
+
+        target = target_from_config(cfg)
+        if target is None:
+            return
+        _, experiment_id = connect(target)  # the connection this process already made to log the run
+        print("\n".join(where_to_look(target.uri, experiment_id, run_id)), flush=True)
+    except Exception:  # noqa: BLE001 - a hint only; the run is logged
+        pass

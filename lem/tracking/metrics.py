@@ -1,11 +1,16 @@
-"""A run's params and metrics: the config as dotted params, the summary as metric names with units.
+"""A run's params and metrics: the active parts of the config as dotted params, the summary as
+one metric name per quantity, with its unit.
 
-Metric names carry their kind and unit: ``energy/j_per_output_token``,
-``latency/ttft_ms_p50``, ``throughput/output_tokens_per_s``, ``flops/useful_flops_per_output_token``,
-``memory/peak_rss_bytes``, per phase ``energy/phase/generation_j`` and per device
-``energy/device/cuda_0/generation_j``. A figure nothing measured (null) is left out: MLflow
-would have to show it as 0 or NaN, and lem never reports "not measured" as a number.
-Needs no MLflow.
+The figures that answer "what did it cost, how fast was it" are under ``headline/`` and only
+there (:data:`HEADLINE_METRICS`); the rest are namespaced by kind, unit last:
+``latency/ttft_ms_p90``, ``throughput/total_tokens_per_s``, ``energy/phase/generation_j``,
+``energy/device/cuda_0/generation_j``, ``device/cuda_0/generation_max_power_w``,
+``memory/device/cuda_0/peak_allocated_bytes``. Configuration echoes (batch size), timestamps,
+derived duplicates (tokens per joule) and lem's own diagnostics stay in ``summary.json``, which
+is an artifact of every run. A figure nothing measured (null) is left out: MLflow would have to
+show it as 0 or NaN, and lem never reports "not measured" as a number. An estimated figure keeps
+the measured figure's name (one column per quantity); the run's tag ``lem.energy_source`` says
+which it is. The power timeline is ``lem.tracking.system_metrics``. Needs no MLflow.
 """
 
 from __future__ import annotations
@@ -20,10 +25,72 @@ from typing import Any
 
 from lem.tracking.run_folder import power_columns
 
+# MLflow name -> dotted path in summary.json: the answer, in the column lem's runs view sorts by.
+HEADLINE_METRICS: dict[str, str] = {
+    "headline/j_per_output_token": "energy.j_per_output_token",
+    "headline/net_j_per_output_token": "energy.net_j_per_output_token",
+    "headline/output_tokens_per_s": "throughput.output_tokens_per_s",
+    "headline/ttft_ms_p50": "latency.ttft_ms.p50",
+    "headline/ttft_ms_p99": "latency.ttft_ms.p99",
+    "headline/tpot_ms_p50": "latency.tpot_ms.p50",
+}
+# Every other single figure of the summary that is a measurement: MLflow name -> dotted path.
+SUMMARY_METRICS: dict[str, str] = {
+    "run/n_requests": "n_requests",
+    "throughput/total_tokens_per_s": "throughput.total_tokens_per_s",
+    "throughput/requests_per_s": "throughput.requests_per_s",
+    "tokens/input_tokens": "tokens.input_tokens",
+    "tokens/output_tokens": "tokens.output_tokens",
+    "tokens/mean_input_tokens": "tokens.mean_input_tokens",
+    "tokens/mean_output_tokens": "tokens.mean_output_tokens",
+    "tokens/truncated_prompts": "tokens.truncated_prompts",
+    "energy/j_per_request": "energy.j_per_request",
+    "energy/net_j_per_output_token_uncertainty": "energy.net_j_per_output_token_uncertainty",
+    "energy/mean_power_w": "energy.mean_power_w",
+    "energy/net_mean_power_w": "energy.net_mean_power_w",
+    "energy/idle_power_w": "energy.idle_power_w",
+    "energy/run_energy_j": "energy.run_energy_j",
+    "energy/unattributed_energy_j": "energy.unattributed_energy_j",
+    "energy/sampler_cpu_pct": "energy.sampler_cpu_pct",
+    "energy/steady_state/wall_s": "energy.steady_state.wall_s",
+    "energy/steady_state/concurrency": "energy.steady_state.concurrency",
+    "energy/steady_state/j_per_output_token": "energy.steady_state.j_per_output_token",
+    "energy/steady_state/net_j_per_output_token": "energy.steady_state.net_j_per_output_token",
+    "energy/co2/co2_g": "energy.co2.co2_g",
+    "energy/co2/generation_co2_g": "energy.co2.generation_co2_g",
+    "energy/co2/co2_g_per_output_token": "energy.co2.co2_g_per_output_token",
+    "energy/co2/estimated_co2_g_apart": "energy.co2.estimated_co2_g_apart",
+    "flops/total_flops": "flops.total_flops",
+    "flops/useful_flops": "flops.useful_flops",
+    "flops/prefill_flops": "flops.prefill_flops",
+    "flops/decode_flops": "flops.decode_flops",
+    "flops/useful_prefill_flops": "flops.useful_prefill_flops",
+    "flops/useful_decode_flops": "flops.useful_decode_flops",
+    "flops/executed_flops_per_output_token": "flops.executed_flops_per_output_token",
+    "flops/useful_flops_per_output_token": "flops.useful_flops_per_output_token",
+    "flops/executed_flops_per_token": "flops.executed_flops_per_token",
+    "flops/useful_flops_per_token": "flops.useful_flops_per_token",
+    "flops/flops_per_s": "flops.flops_per_s",
+    "flops/useful_flops_per_s": "flops.useful_flops_per_s",
+    "flops/mfu": "flops.mfu",
+    "flops/hfu": "flops.hfu",
+    "memory/peak_rss_bytes": "memory.peak_rss_bytes",
+    "batching/n_batches": "batching.n_batches",
+    "batching/mean_batch_size": "batching.mean_batch_size",
+    "batching/padded_input_tokens": "batching.padded_input_tokens",
+    "batching/padding_fraction": "batching.padding_fraction",
+    "batching/engine_steps/n_steps": "batching.engine_steps.n_steps",
+    "batching/engine_steps/mean_running": "batching.engine_steps.mean_running",
+    "batching/engine_steps/max_running": "batching.engine_steps.max_running",
+    "batching/engine_steps/mean_waiting": "batching.engine_steps.mean_waiting",
+    "batching/engine_steps/max_waiting": "batching.engine_steps.max_waiting",
+    "traffic/achieved_qps": "traffic.achieved_qps",
+}
 LATENCY_STATS = ("mean", "p50", "p90", "p99", "max")
-# Sections of summary.json whose numeric leaves become metrics ``<section>/<key>``.
-_SECTIONS = ("throughput", "tokens", "energy", "flops", "memory", "batching")
-_SKIP_KEYS = {"per_process", "by_component", "components", "source", "finish_reasons", "batch_size_histogram"}
+# Phases whose net-of-idle energy is a figure (idle net of idle is 0 by construction).
+_NO_NET_PHASES = {"idle_baseline"}
+# The cycles' spread (cycles=N): the 95 % CI of each headline quantity (lem.results.cycles); their mean is the headline.
+_CYCLE_STATS = ("j_per_output_token", "net_j_per_output_token", "output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50")
 
 
 # --- params -----------------------------------------------------------------------------------
@@ -58,10 +125,16 @@ def param_value(v: Any) -> str:
 
 
 def config_params(config: Mapping[str, Any] | None) -> dict[str, str]:
-    """The resolved config as dotted params (``batching.batch_size``), Hydra's own section left out."""
+    """The resolved config as dotted params (``batching.batch_size``): everything that made the run,
+    so it can be run again from its params — less Hydra's own section and the knobs of the engines
+    that did not run (``backend.vllm.*`` on a PyTorch run; ``backend.name`` says which one ran)."""
     if not config:
         return {}
     plain = {k: v for k, v in config.items() if k != "hydra"}
+    backend = plain.get("backend")
+    if isinstance(backend, Mapping):
+        active = param_value(backend.get("name"))
+        plain["backend"] = {k: v for k, v in backend.items() if k == active or not isinstance(v, Mapping)}
     return {k: param_value(v)[:6000] for k, v in sorted(flatten(plain).items())}
 
 
@@ -91,59 +164,48 @@ def finite_number(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _leaves(section: Any, prefix: tuple[str, ...], out: dict[str, float]) -> None:
-    # The path travels as parts: cleaning an already joined name would turn ``energy/co2`` into ``energy_co2``.
-    if not isinstance(section, Mapping):
-        return
-    for k, v in section.items():
-        if k in _SKIP_KEYS:
-            continue
-        if isinstance(v, Mapping):
-            _leaves(v, (*prefix, str(k)), out)
-        elif (x := finite_number(v)) is not None:
-            out[metric_name(*prefix, str(k))] = x
+def _put(out: dict[str, float], name: str, value: Any) -> None:
+    if (x := finite_number(value)) is not None:
+        out[name] = x
 
 
 def summary_metrics(summary: Mapping[str, Any] | None, processes: Iterable[Any] = ()) -> dict[str, float]:
-    """Every number of the summary (and per-device figures from the raw records), named by kind with units."""
+    """The summary's measurements (and per-device figures from the raw records), one name per quantity."""
     out: dict[str, float] = {}
     if not summary:
         return out
     processes = list(processes)
-    if (n := finite_number(summary.get("n_requests"))) is not None:
-        out["run/n_requests"] = n
+    for name, path in (*HEADLINE_METRICS.items(), *SUMMARY_METRICS.items()):
+        _put(out, name, value_at(summary, path))
     out["run/n_warnings"] = float(len(summary.get("warnings") or []))
-    for section in _SECTIONS:
-        _leaves(summary.get(section), (section,), out)
 
-    for metric, dist in (summary.get("latency") or {}).items():  # ttft_ms → latency/ttft_ms_p50
+    headline_paths = set(HEADLINE_METRICS.values())
+    for metric, dist in (summary.get("latency") or {}).items():  # ttft_ms → latency/ttft_ms_p90
         if isinstance(dist, Mapping):
             for stat in LATENCY_STATS:
-                if (x := finite_number(dist.get(stat))) is not None:
-                    out[metric_name("latency", f"{metric}_{stat}")] = x
+                if f"latency.{metric}.{stat}" not in headline_paths:
+                    _put(out, metric_name("latency", f"{metric}_{stat}"), dist.get(stat))
 
     energy = summary.get("energy") or {}
-    for group in energy.get("by_component") or []:  # generation energy by component
-        suffix = "" if group.get("source") != "estimated" else "_estimated"
-        comp = str(group.get("component"))
-        if (x := finite_number(group.get("energy_j"))) is not None:
-            out[metric_name("energy", "component", f"{comp}{suffix}_j")] = x
-        if (x := finite_number(group.get("j_per_output_token"))) is not None:
-            out[metric_name("energy", "component", f"{comp}{suffix}_j_per_output_token")] = x
-
+    if energy.get("source") != "estimated":  # estimates beside measured energy, reported apart
+        _put(out, "energy/estimated_j_per_output_token", energy.get("estimated_j_per_output_token"))
     for phase, ph in (summary.get("phases") or {}).items():
         if not isinstance(ph, Mapping):
             continue
-        if (x := finite_number(ph.get("wall_s"))) is not None:
-            out[metric_name("time", "phase", f"{phase}_s")] = x
-        for key in ("energy_j", "measured_energy_j", "estimated_energy_j", "net_energy_j"):
-            if (x := finite_number(ph.get(key))) is not None:
-                name = "" if key == "energy_j" else key[: -len("_energy_j")] + "_"
-                out[metric_name("energy", "phase", f"{phase}_{name}j")] = x
-        for group in ph.get("energy_by_component") or []:
-            suffix = "" if group.get("source") != "estimated" else "_estimated"
-            if (x := finite_number(group.get("energy_j"))) is not None:
-                out[metric_name("energy", "phase", str(phase), f"{group.get('component')}{suffix}_j")] = x
+        _put(out, metric_name("time", "phase", f"{phase}_s"), ph.get("wall_s"))
+        _put(out, metric_name("energy", "phase", f"{phase}_j"), ph.get("energy_j"))
+        _put(out, metric_name("energy", "phase", f"{phase}_partial_j"), ph.get("partial_energy_j"))
+        if phase not in _NO_NET_PHASES:
+            _put(out, metric_name("energy", "phase", f"{phase}_net_j"), ph.get("net_energy_j"))
+        if ph.get("energy_source") != "estimated":
+            _put(out, metric_name("energy", "phase", f"{phase}_estimated_j"), ph.get("estimated_energy_j"))
+
+    stats = (summary.get("cycles") or {}).get("stats") or {}
+    if stats:
+        _put(out, "cycles/n_cycles", (summary.get("cycles") or {}).get("n_cycles"))
+    for metric in _CYCLE_STATS:
+        for bound in ("ci95_low", "ci95_high"):
+            _put(out, metric_name("cycles", f"{metric}_{bound}"), (stats.get(metric) or {}).get(bound))
 
     out.update(device_metrics(processes))
     _memory_per_device(summary.get("memory") or {}, out, processes)
@@ -164,6 +226,8 @@ def device_metrics(processes: list[Any]) -> dict[str, float]:
             for r in ph.get("energy") or []:
                 dev = _device_label(p, str(r.get("device")), multi_host)
                 for key, suffix in (("energy_j", "j"), ("net_energy_j", "net_j")):
+                    if key == "net_energy_j" and ph.get("name") in _NO_NET_PHASES:
+                        continue
                     if (x := finite_number(r.get(key))) is not None:
                         sums[metric_name("energy", "device", dev, f"{ph.get('name')}_{suffix}")] += x
     out.update(sums)

@@ -36,6 +36,7 @@ from lem.tracking.run_folder import (
     write_timeline_csv,
 )
 from lem.tracking.store import Target, connect, git_commit
+from lem.tracking.system_metrics import log_system_series
 
 LOGGED_TAG = "lem.logging"  # "complete" once every param, metric and artifact is in
 RUN_KEY_TAG = "lem.run_key"
@@ -60,9 +61,33 @@ def model_short_name(name_or_path: Any) -> str:
     return re.split(r"[/\\:]", text)[-1] if text else ""
 
 
+_DTYPE_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+MAX_RUN_NAME = 60  # the runs table shows this much (lem.tracking.view widens the column for it)
+MIN_MODEL_CHARS = 40  # a model name this long is never cut, even where the name then runs past MAX_RUN_NAME
+
+
+def short_dtype(dtype: Any) -> str:
+    """``torch.bfloat16`` / ``bfloat16`` → ``bf16``; anything else as it is spelled."""
+    text = str(dtype or "").removeprefix("torch.")
+    return _DTYPE_SHORT.get(text, text)
+
+
+def _fit(model: str, room: int) -> str:
+    """The model's name whole where it fits (always, up to :data:`MIN_MODEL_CHARS`), else its start and
+    end around ``…``, so the size (``-70B-Instruct``) still shows."""
+    room = max(room, MIN_MODEL_CHARS)
+    if len(model) <= room:
+        return model
+    head = (room - 1) // 2
+    return f"{model[:head]}…{model[-(room - 1 - head):]}"
+
+
 def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None = None, job_num: int | None = None) -> str:
-    """What the run is, at a glance: ``pytorch-static-bs8 Llama-3.1-8B``,
-    ``pytorch-sorted_dynamic-tok4096-bfloat16 smollm2-135m-instruct #3`` (``#`` = the sweep's job number)."""
+    """What the run is, at a glance, and what sets it apart from its sweep's other jobs: engine,
+    batching, batch size, dtype, then the model — ``pytorch-static-bs8-bf16 Llama-3.1-8B``,
+    ``vllm-continuous-bs64-fp16-awq Qwen2.5-7B #3`` (``#`` = the sweep's job number). At most
+    :data:`MAX_RUN_NAME` characters where the model's name allows: the engine's part is short, and
+    only a model name longer than :data:`MIN_MODEL_CHARS` loses its middle, never its end."""
     run = (summary or {}).get("run") or {}
     backend = str(_cfg(config, "backend.name") or run.get("engine") or "run")
     parts = [backend]
@@ -81,18 +106,21 @@ def run_name(config: Mapping[str, Any] | None, summary: Mapping[str, Any] | None
         elif _cfg(config, "batching.batch_size") is not None:
             parts.append(f"bs{_cfg(config, 'batching.batch_size')}")
     dtype, quant = _cfg(config, "precision.dtype"), _cfg(config, "precision.quantization")
-    if dtype not in (None, "auto"):
-        parts.append(str(dtype))
+    if dtype in (None, "auto"):
+        dtype = run.get("dtype")  # what "auto" resolved to, where the run got that far
+    if dtype not in (None, "", "auto"):
+        parts.append(short_dtype(dtype))
     if quant not in (None, "none"):
         parts.append(str(quant))
     arrival = _cfg(config, "traffic.arrival")
     if arrival not in (None, "offline"):
         parts.append(f"{arrival}{_cfg(config, 'traffic.target_qps')}qps")
     name = "-".join(parts)
+    suffix = f" #{job_num}" if job_num is not None else ""
     model = model_short_name(_cfg(config, "model.name_or_path") or run.get("model"))
     if model:
-        name = f"{name} {model}"
-    return f"{name} #{job_num}" if job_num is not None else name
+        name = f"{name} {_fit(model, MAX_RUN_NAME - len(name) - len(suffix) - 1)}"
+    return name + suffix
 
 
 def run_tags(folder: RunFolder, *, sweep_id: str | None = None, job_num: int | None = None, live: bool = True) -> dict[str, str]:
@@ -145,8 +173,12 @@ def user_name() -> str:
 
 
 def _description(folder: RunFolder) -> str:
-    """The run page's description: how to reproduce it, its warnings, its error."""
+    """The run page's description: the headline line, how to reproduce it, its warnings, its error."""
     lines = []
+    if folder.summary:
+        from lem.report.headline import headline_line
+
+        lines.append(headline_line(folder.summary) + "\n")
     if folder.overrides:
         lines.append("`python -m lem " + " ".join(folder.overrides) + "`\n")
     warnings = (folder.summary or {}).get("warnings") or []
@@ -227,6 +259,7 @@ def log_run_dir(
         client.log_batch(run_id, params=params[i : i + 100])
     for i in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    log_system_series(client, run_id, folder.processes)  # the power timeline, charted under "System metrics"
 
     _log_artifacts(client, run_id, folder)
     status = run_status(folder)
@@ -287,8 +320,8 @@ def _log_artifacts(client: Any, run_id: str, folder: RunFolder) -> None:
         plot_dir = staged / "plots"
         plot_dir.mkdir()
         if rows:
-            plots.power_timeline(rows, phase_spans(folder.processes), plot_dir / "power_timeline.png", title=run_name(folder.config))
+            plots.power_timeline(rows, phase_spans(folder.processes), plot_dir / "power_timeline.png", title=run_name(folder.config, folder.summary))
         if folder.summary:
-            plots.energy_by_phase(folder.summary, plot_dir / "energy_by_phase.png", title=run_name(folder.config))
+            plots.energy_by_phase(folder.summary, plot_dir / "energy_by_phase.png", title=run_name(folder.config, folder.summary))
         if any(plot_dir.iterdir()):
             client.log_artifacts(run_id, str(plot_dir), "plots")

@@ -8,9 +8,11 @@ then shows what was measured instead and says so in its title — never a 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from lem.report.verdict import pareto_front
 
 PHASE_COLORS = {
     "idle_baseline": "#dddddd",
@@ -46,12 +48,36 @@ def save_figure(fig: Any, path: Path, right: float = 1.0) -> Path:
     return path
 
 
-def power_timeline(rows: Sequence[Mapping[str, Any]], spans: Sequence[tuple[str, float, float]], path: Path, title: str = "") -> Path:
-    """Power of every device over the run's clock, each phase shaded and labelled."""
+ESTIMATED = "estimated"  # an energy or power source that is a model's figure, not a sensor's
+
+
+def estimate_note(sources: Iterable[Any], estimated: bool | None = None) -> str:
+    """" (estimated)" for a title when every energy figure shown is estimated, " (partly estimated)" when
+    some are, "" when none; ``estimated`` (the caller's word) overrides what the sources say."""
+    if estimated is not None:
+        return f" ({ESTIMATED})" if estimated else ""
+    known = [str(s) for s in sources if s]
+    if not any(s == ESTIMATED for s in known):
+        return ""
+    return f" ({ESTIMATED})" if all(s == ESTIMATED for s in known) else f" (partly {ESTIMATED})"
+
+
+def legend_outside(ax: Any, **kwargs: Any) -> Any:
+    """A legend beside the axes (right), where it can cover no data; ``save_figure`` makes room for it."""
+    kwargs.setdefault("loc", "upper left")
+    kwargs.setdefault("bbox_to_anchor", (1.02, 1.0))
+    return ax.legend(borderaxespad=0.0, fontsize=8, title_fontsize=8, **kwargs)
+
+
+def power_timeline(
+    rows: Sequence[Mapping[str, Any]], spans: Sequence[tuple[str, float, float]], path: Path, title: str = "", estimated: bool | None = None
+) -> Path:
+    """Power of every device over the run's clock, each phase shaded and labelled; the title says
+    "estimated" when the power is a model's (``estimated``, else the rows' ``source``)."""
     plt = pyplot()
     from matplotlib.patches import Patch
 
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
     times = [float(r["t_s"]) for r in rows if r.get("t_s") is not None] + [t for _, s, e in spans for t in (s, e)]
     width = (max(times) - min(times)) if times else 0.0
     phase_handles = []
@@ -71,18 +97,26 @@ def power_timeline(rows: Sequence[Mapping[str, Any]], spans: Sequence[tuple[str,
         ax.plot([t for t, _ in points], [w for _, w in points], lw=1.2, label=device)
     ax.set_xlabel("time since start of run (s)")
     ax.set_ylabel("power (W)")
-    if phase_handles:  # phases in a legend outside the axes, so even a 30 ms generation window is named
-        fig.legend(handles=phase_handles, loc="center right", fontsize=8, title="phase", title_fontsize=8)
-    if by_device:
-        ax.legend(loc="upper left", fontsize=8, title="device", title_fontsize=8)
-        ax.set_title(f"Power over time{' — ' + title if title else ''}", pad=16)
+    suffix = f" — {title}" if title else ""
+    if by_device:  # legends beside the axes (devices above, phases below): none covers a curve
+        devices = legend_outside(ax, title="device")
+        note = estimate_note((r.get("source") for r in rows if r.get("power_w") is not None), estimated)
+        ax.set_title(f"Power over time{note}{suffix}", pad=16)
     else:
-        ax.set_title(f"Power over time: no power samples recorded (null){' — ' + title if title else ''}", pad=16)
-    return save_figure(fig, path, right=0.85 if phase_handles else 1.0)
+        devices = None
+        ax.set_title(f"Power over time: no power samples recorded (null){suffix}", pad=16)
+    if phase_handles:  # so even a 30 ms generation window is named
+        if devices is not None:  # kept beside the phases' legend; add_artist clips it to the axes, which tight_layout then ignores
+            ax.add_artist(devices)
+            devices.set_clip_on(False)
+        legend_outside(ax, handles=phase_handles, title="phase", loc="lower left", bbox_to_anchor=(1.02, 0.0))
+    return save_figure(fig, path)
 
 
-def energy_by_phase(summary: Mapping[str, Any], path: Path, title: str = "") -> Path:
-    """Stacked bars: each phase's energy by component (estimated hatched); wall time when energy is null."""
+def energy_by_phase(summary: Mapping[str, Any], path: Path, title: str = "", estimated: bool | None = None) -> Path:
+    """Stacked bars: each phase's energy by component (estimated hatched), its total written on top;
+    wall time when energy is null. The title says "estimated" when the energy is (``estimated``, else
+    the summary's ``energy.source`` and the components' sources)."""
     plt = pyplot()
     phases = {k: v for k, v in (summary.get("phases") or {}).items() if isinstance(v, Mapping)}
     names = list(phases)
@@ -93,62 +127,74 @@ def energy_by_phase(summary: Mapping[str, Any], path: Path, title: str = "") -> 
                 continue
             key = (str(g.get("component")), "estimated" if g.get("source") == "estimated" else "measured")
             groups.setdefault(key, [0.0] * len(names))[i] += float(g["energy_j"])
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     suffix = f" — {title}" if title else ""
     if groups:
         bottom = [0.0] * len(names)
+        bars = None
         for (component, kind), values in sorted(groups.items()):
-            ax.bar(
+            bars = ax.bar(
                 names, values, bottom=bottom, label=f"{component} ({kind})",
-                color=COMPONENT_COLORS.get(component, "#9e9e9e"), hatch="//" if kind == "estimated" else None,
+                color=COMPONENT_COLORS.get(component, "#9e9e9e"), hatch="//" if kind == ESTIMATED else None,
                 edgecolor="white",
             )
             bottom = [b + v for b, v in zip(bottom, values)]
-        for i, name in enumerate(names):  # phases nothing measured say so, instead of showing 0
-            if not any(groups[k][i] for k in groups):
-                ax.text(i, 0, "null", ha="center", va="bottom", fontsize=8, color="#b71c1c")
+        measured = [any(groups[k][i] for k in groups) for i in range(len(names))]
+        if bars is not None:  # each phase's total on top of its stack; "null" where nothing was measured, never 0
+            ax.bar_label(bars, labels=[_format_value(b, "J") if m else "null" for b, m in zip(bottom, measured)], padding=2, fontsize=8)
+        ax.margins(y=0.12)  # room for the labels above the tallest bar
         ax.set_ylabel("energy (J)")
-        ax.legend(fontsize=8)
-        ax.set_title(f"Energy by phase and component{suffix}")
+        legend_outside(ax)
+        source = (summary.get("energy") or {}).get("source") if isinstance(summary.get("energy"), Mapping) else None
+        if estimated is None and source == ESTIMATED:
+            estimated = True
+        note = estimate_note((kind for _, kind in groups), estimated)
+        ax.set_title(f"Energy by phase and component{note}{suffix}", fontsize=10)
     else:
         walls = [float(phases[n].get("wall_s") or 0.0) for n in names]
-        ax.bar(names, walls, color=[PHASE_COLORS.get(n, "#9e9e9e") for n in names], edgecolor="#555555")
+        bars = ax.bar(names, walls, color=[PHASE_COLORS.get(n, "#9e9e9e") for n in names], edgecolor="#555555")
+        ax.bar_label(bars, labels=[_format_value(w, "s") for w in walls], padding=2, fontsize=8)
+        ax.margins(y=0.12)
         ax.set_ylabel("wall time (s)")
         ax.set_title(f"Energy not measured (null): phase wall time shown instead{suffix}", fontsize=10)
+    _fit_tick_labels(ax, names)
     return save_figure(fig, path)
+
+
+def _format_value(value: float, unit: str) -> str:
+    """A bar's label: 3 significant digits and its unit (``1.23e+03 J`` is written ``1230 J``)."""
+    return f"{value:.0f} {unit}" if abs(value) >= 1000 else f"{value:.3g} {unit}"
+
+
+def _fit_tick_labels(ax: Any, labels: Sequence[str], max_chars: int = 10) -> None:
+    """Category labels that fit under their bars: long ones (or many) rotated, anchored at their bar."""
+    if len(labels) > 4 or any(len(str(label)) > max_chars for label in labels):
+        ax.tick_params(axis="x", labelrotation=25, labelsize=8)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+            label.set_rotation_mode("anchor")
 
 
 # --- sweeps ---------------------------------------------------------------------------------------
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats: higher x (throughput) and lower y (J/token or latency)."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            (x2 >= x and y2 <= y) and (x2 > x or y2 < y) for j, (x2, y2) in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
-
-
 def choose_y(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str, str]:
     """(metric, axis label, title note): J/token when any job measured it, else a latency."""
     for metric, label, note in (
-        ("energy/j_per_output_token", "energy per output token (J/token)", ""),
-        ("latency/tpot_ms_p50", "TPOT p50 (ms)", "J/token not measured (null): TPOT p50 shown instead"),
+        ("headline/j_per_output_token", "energy per output token (J/token)", ""),
+        ("headline/tpot_ms_p50", "TPOT p50 (ms)", "J/token not measured (null): TPOT p50 shown instead"),
         ("latency/e2e_ms_p50", "E2E latency p50 (ms)", "J/token not measured (null): E2E latency p50 shown instead"),
     ):
         if any(r.get(metric) is not None for r in rows):
             return metric, label, note
-    return "energy/j_per_output_token", "energy per output token (J/token)", "nothing measured"
+    return "headline/j_per_output_token", "energy per output token (J/token)", "nothing measured"
 
 
-def sweep_pareto(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Each finished job as a point (output tokens/s, J/token), the Pareto front joined and ringed."""
+def sweep_pareto(rows: Sequence[Mapping[str, Any]], path: Path, estimated: bool | None = None) -> Path:
+    """Each finished job as a point (output tokens/s, J/token), the Pareto front joined and ringed; the
+    title says when J/token is estimated (``estimated``, else the rows' ``energy_source``)."""
     plt = pyplot()
-    x_metric = "throughput/output_tokens_per_s"
+    x_metric = "headline/output_tokens_per_s"
     y_metric, y_label, note = choose_y(rows)
     usable = [r for r in rows if r.get(x_metric) is not None and r.get(y_metric) is not None]
     left_out = len(rows) - len(usable)
@@ -161,13 +207,14 @@ def sweep_pareto(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                 mfc="none", ms=11, mew=2, zorder=3, label="Pareto front")
         for r, (x, y) in zip(usable, points):
             ax.annotate(str(r.get("label") or r.get("job_num") or ""), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ax.legend(fontsize=8)
+        legend_outside(ax)
     ax.margins(x=0.15, y=0.1)  # room for the point labels at the edges
     ax.set_xlabel("output tokens/s")
     ax.set_ylabel(y_label)
     title = "Energy per token vs throughput" if not note else note.replace(" shown instead", " vs throughput")
-    if not note and any(r.get("energy_source") == "estimated" for r in usable):  # a model's figure, not a sensor's
-        title += " (energy estimated: no sensor)"
+    energy_note = estimate_note((r.get("energy_source") for r in usable), estimated)
+    if not note and energy_note:  # a model's figure, not a sensor's
+        title += " (energy estimated: no sensor)" if energy_note == f" ({ESTIMATED})" else f" (energy {energy_note.strip(' ()')})"
     if left_out:
         title += f"\n({left_out} job(s) without both figures not shown: failed or not measured)"
     ax.set_title(title, fontsize=10)
@@ -175,12 +222,13 @@ def sweep_pareto(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def sweep_heatmap(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, path: Path) -> Path:
-    """J/token (or, when null everywhere, output tokens/s) over two swept parameters; failed cells marked."""
+def sweep_heatmap(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, path: Path, estimated: bool | None = None) -> Path:
+    """J/token (or, when null everywhere, output tokens/s) over two swept parameters; failed cells marked;
+    the title says when J/token is estimated (``estimated``, else the rows' ``energy_source``)."""
     plt = pyplot()
-    metric, label, note = "energy/j_per_output_token", "J/token", ""
+    metric, label, note = "headline/j_per_output_token", "J/token", ""
     if not any(r.get(metric) is not None for r in rows):
-        metric, label, note = "throughput/output_tokens_per_s", "output tokens/s", "J/token not measured (null): output tokens/s shown instead"
+        metric, label, note = "headline/output_tokens_per_s", "output tokens/s", "J/token not measured (null): output tokens/s shown instead"
     xs = _ordered({r["swept"].get(x_key) for r in rows})
     ys = _ordered({r["swept"].get(y_key) for r in rows})
     grid = [[float("nan")] * len(xs) for _ in ys]
@@ -207,7 +255,8 @@ def sweep_heatmap(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, pat
         for j in range(len(xs)):
             ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8, color="#212121",
                     bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 1})
-    ax.set_title(note or f"{label} over {x_key} × {y_key}", fontsize=9)
+    energy_note = "" if note else estimate_note((r.get("energy_source") for r in rows if r.get(metric) is not None), estimated)
+    ax.set_title(note or f"{label}{energy_note} over {x_key} × {y_key}", fontsize=9)
     return save_figure(fig, path)
 
 

@@ -31,8 +31,6 @@ DEFAULT_EXPERIMENT = "lem"
 STORE_DIRNAME = "mlruns"
 DB_FILENAME = "mlflow.db"
 ARTIFACTS_DIRNAME = "artifacts"
-# Experiment tag the MLflow 3 UI reads to open the classic runs view (not the GenAI traces view).
-EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
 
 # How a sweep's parent run reaches its jobs: env vars (same process, or inherited by launcher
 # subprocesses), and a file in the sweep directory (jobs on other nodes with a shared filesystem).
@@ -236,11 +234,11 @@ def _ensure_experiment(client: Any, target: Target) -> str:
     exp = client.get_experiment_by_name(target.experiment_name)
     if exp is None:
         try:
+            from lem.tracking.view import experiment_tags
+
             return str(
                 client.create_experiment(
-                    target.experiment_name,
-                    artifact_location=target.artifact_location,
-                    tags=dict([EXPERIMENT_KIND_TAG]),
+                    target.experiment_name, artifact_location=target.artifact_location, tags=experiment_tags()
                 )
             )
         except MlflowException:  # created meanwhile by a parallel job
@@ -249,6 +247,9 @@ def _ensure_experiment(client: Any, target: Target) -> str:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    from lem.tracking.view import apply_experiment_view
+
+    apply_experiment_view(client, str(exp.experiment_id))  # an experiment made before lem set its view gets it now
     return str(exp.experiment_id)
 
 

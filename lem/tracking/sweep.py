@@ -1,9 +1,15 @@
 """A Hydra multirun in MLflow: one parent run per sweep, each job a child run under it.
 
-When the sweep ends the parent gets its children's headline metrics as a table
-(``sweep/children.csv``), per-job metric series (step = job number), the best values, and
-plots: J/token against output tokens/s with the Pareto front, and a heatmap when exactly
-two parameters were swept.
+The parent means what it says. Its params describe the sweep: each swept key with its value list
+(``batching.batch_size = 1,2,4``) and the fixed overrides, not the base config's defaults (each
+child holds its full config). Its metrics are the headline metrics of ONE job, the best (least
+J/token among the finished jobs), under the children's own names (``headline/j_per_output_token``),
+with tags ``lem.best_run_id``, ``lem.best_job_num`` and ``lem.best.<swept key>``, plus the counts
+``sweep/n_jobs``, ``sweep/n_finished``, ``sweep/n_failed``. Its description is the verdict
+(:mod:`lem.report.verdict`); its artifacts: ``sweep/report.html`` (a sortable table with the plots
+inline), ``sweep/children.csv``, and ``plots/``: J/token against output tokens/s with the Pareto
+front, and a heatmap when exactly two parameters were swept. An Optuna study's parent gets its
+verdict from the study (``lem.search.report``), which knows which trials were feasible.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lem.tracking.metrics import config_params
+from lem.tracking.metrics import HEADLINE_METRICS
 from lem.tracking.mlflow_sink import PARENT_TAG, SWEEP_ID_TAG, user_name
+from lem.tracking.parent_verdict import OLD_NAMES, log_sweep_verdict, verdict_row
 from lem.tracking.store import (
     SWEEP_FILE,
     Target,
@@ -34,25 +41,16 @@ KIND_TAG = "lem.kind"
 OWNER_PID_TAG = "lem.owner_pid"  # the process that runs the sweep, and its host: a parent left RUNNING by a
 OWNER_HOST_TAG = "lem.owner_host"  # process that no longer exists was killed, and is closed by sync or a resume
 HEADLINE = (
-    "energy/j_per_output_token",
-    "throughput/output_tokens_per_s",
+    *HEADLINE_METRICS,
     "throughput/total_tokens_per_s",
     "throughput/requests_per_s",
-    "latency/ttft_ms_p50",
-    "latency/tpot_ms_p50",
     "latency/e2e_ms_p90",
     "energy/mean_power_w",
-    "energy/generation_energy_j",
+    "energy/phase/generation_j",
     "flops/useful_flops_per_output_token",
     "memory/peak_rss_bytes",
 )
-# Best of the sweep: lower is better for energy and latency, higher for throughput.
-BEST = {
-    "energy/j_per_output_token": min,
-    "throughput/output_tokens_per_s": max,
-    "latency/ttft_ms_p50": min,
-    "latency/tpot_ms_p50": min,
-}
+STUDY_NAME_TAG = "lem.optuna.study_name"  # on a study's parent: the study logs its own verdict
 
 
 _SWEEP_FUNCS = ("range(", "choice(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
@@ -94,12 +92,16 @@ def create_parent(
     *,
     sweep_id: str,
     overrides: Sequence[str],
-    config: Mapping[str, Any] | None,
+    config: Mapping[str, Any] | None = None,
     sweep_dir: Path | None,
     live: bool = True,
     start_time_ms: int | None = None,
 ) -> str:
-    """Start the sweep's parent run (status RUNNING until :func:`finalize_parent`)."""
+    """Start the sweep's parent run (status RUNNING until :func:`finalize_parent`).
+
+    Its params are the command line's overrides (:func:`sweep_params`); ``config`` (the base
+    config) is not logged: its defaults are not what the sweep varied, and each child holds its own.
+    """
     from mlflow.entities import Param
 
     client, experiment_id = connect(target)
@@ -121,15 +123,26 @@ def create_parent(
     if commit:
         tags["lem.git_commit"] = tags["mlflow.source.git.commit"] = commit[0]
     run = client.create_run(experiment_id, start_time=start_time_ms, tags=tags, run_name=sweep_run_name(overrides))
-    values = config_params(config)
-    for override in overrides:  # the base config holds a swept key's default: show the sweep instead
-        if is_sweep_override(override):
-            key, value = override.split("=", 1)
-            values[key.lstrip("+~")] = value[:6000]
-    params = [Param(k, v) for k, v in sorted(values.items())]
+    params = [Param(k, v) for k, v in sweep_params(overrides).items()]
     for i in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[i : i + 100])
     return run.info.run_id
+
+
+def sweep_params(overrides: Sequence[str]) -> dict[str, str]:
+    """``["batching.batch_size=1,2,4", "backend=pytorch"]`` → ``{"batching.batch_size": "1,2,4", "backend": "pytorch"}``:
+    the swept keys with their value lists and the fixed overrides; Hydra's own settings left out."""
+    from lem.redact import redact
+
+    out: dict[str, str] = {}
+    for override in overrides:
+        if "=" not in override:
+            continue
+        key, value = override.split("=", 1)
+        key = key.lstrip("+~")
+        if key and not key.startswith("hydra."):
+            out[key[:250]] = redact(value)[:6000]
+    return out
 
 
 def find_parent(target: Target, sweep_id: str) -> Any | None:
@@ -193,7 +206,16 @@ def children_rows(target: Target, parent_run_id: str) -> list[dict[str, Any]]:
         }
         for metric in HEADLINE:
             value = r.data.metrics.get(metric)
+            if value is None and metric in OLD_NAMES:  # a child logged before the headline/ names
+                value = r.data.metrics.get(OLD_NAMES[metric])
+            if value is None and metric == "energy/phase/generation_j":
+                value = r.data.metrics.get("energy/generation_energy_j")
             row[metric] = value if value is not None and math.isfinite(value) else None
+        for metric, old in OLD_NAMES.items():  # the plots read either spelling
+            row[old] = row[metric]
+        cycles = r.data.params.get("cycles", "")
+        row["n_cycles"] = int(cycles) if cycles.isdigit() else None
+        row["run_dir"] = tags.get("lem.run_dir")
         row["label"] = f"#{row['job_num']}" if row["job_num"] is not None else r.info.run_name
         rows.append(row)
     rows.sort(key=lambda r: (r["job_num"] is None, r["job_num"] or 0, r["run_name"] or ""))
@@ -248,38 +270,33 @@ def set_parent_tag(target: Target, parent_run_id: str, key: str, value: str) -> 
 
 def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = False, end_from_children: bool = False,
                     killed: bool = False) -> list[dict[str, Any]]:
-    """Write the children's table, metrics and plots into the parent and end it; return the rows.
+    """Write the children's table, the verdict and plots into the parent and end it; return the rows.
 
     ``end_from_children``: the parent ends when its last child did (a sweep logged later by
     ``lem.sync``), not now. ``killed``: its process was killed: KILLED whatever its children did.
     """
     from mlflow.entities import Metric, RunTag
 
+    from lem.report.verdict import best_of
     from lem.tracking import plots
 
     client, _ = connect(target)
+    parent_tags = client.get_run(parent_run_id).data.tags
     rows = children_rows(target, parent_run_id)
     keys = swept_keys(rows)
+    verdict = [verdict_row(r, keys) for r in rows]
     for r in rows:  # plot labels say what each point is: "#3 batch_size=16 backend=vllm"
         values = " ".join(f"{k.split('.')[-1]}={r['swept'][k]}" for k in keys if k in r["swept"])
         r["label"] = f"{r['label']} {values}".strip()
     now = int(time.time() * 1000)
     finished = [r for r in rows if r["status"] == "FINISHED"]
+    n_failed = sum(r["status"] == "FAILED" for r in rows)
     metrics = [
         Metric("sweep/n_jobs", float(len(rows)), now, 0),
         Metric("sweep/n_finished", float(len(finished)), now, 0),
-        Metric("sweep/n_failed", float(sum(r["status"] == "FAILED" for r in rows)), now, 0),
+        Metric("sweep/n_failed", float(n_failed), now, 0),
     ]
-    for metric, best in BEST.items():
-        values = [r[metric] for r in finished if r.get(metric) is not None]
-        if values:
-            metrics.append(Metric(f"sweep/best_{metric.split('/')[-1]}", float(best(values)), now, 0))
-    for r in rows:  # one series per headline metric, step = job number: charts in the parent's page
-        for metric in HEADLINE:
-            if r.get(metric) is not None and r["job_num"] is not None:
-                metrics.append(Metric(f"jobs/{metric.split('/')[-1]}", float(r[metric]), now, r["job_num"]))
-    for i in range(0, len(metrics), 1000):
-        client.log_batch(parent_run_id, metrics=metrics[i : i + 1000])
+    client.log_batch(parent_run_id, metrics=metrics)
 
     with tempfile.TemporaryDirectory(prefix="lem-sweep-") as tmp:
         staged = Path(tmp)
@@ -287,18 +304,24 @@ def finalize_parent(target: Target, parent_run_id: str, *, interrupted: bool = F
         client.log_artifact(parent_run_id, str(staged / "children.csv"), "sweep")
         plot_dir = staged / "plots"
         plot_dir.mkdir()
-        if rows:
-            plots.sweep_pareto(rows, plot_dir / "pareto_j_per_token_vs_throughput.png")
-        if len(keys) == 2 and rows:
-            plots.sweep_heatmap(rows, keys[0], keys[1], plot_dir / "heatmap_j_per_token.png")
+        pareto = plots.sweep_pareto(rows, plot_dir / "pareto_j_per_token_vs_throughput.png") if rows else None
+        heatmap = plots.sweep_heatmap(rows, keys[0], keys[1], plot_dir / "heatmap_j_per_token.png") if len(keys) == 2 and rows else None
         if any(plot_dir.iterdir()):
             client.log_artifacts(parent_run_id, str(plot_dir), "plots")
+        if STUDY_NAME_TAG not in parent_tags:  # a study logged its own verdict, feasibility included
+            best = best_of(verdict)
+            child = next((r for r in rows if best is not None and r["run_id"] == best["run_id"]), {})
+            log_sweep_verdict(
+                client, parent_run_id, verdict, best=best, headline={m: child[m] for m in HEADLINE_METRICS if child.get(m) is not None},
+                command="Hydra multirun: `python -m lem -m " + parent_tags.get("lem.overrides", "") + "`",
+                title=f"lem sweep {', '.join(keys) or '(nothing swept)'}",
+                pareto_png=pareto.read_bytes() if pareto else None, heatmap_png=heatmap.read_bytes() if heatmap else None,
+            )
 
-    tags = [RunTag("lem.swept_keys", ",".join(keys)), RunTag("lem.n_failed", str(sum(r["status"] == "FAILED" for r in rows)))]
+    tags = [RunTag("lem.swept_keys", ",".join(keys)), RunTag("lem.n_failed", str(n_failed))]
     if interrupted:
         tags.append(RunTag("lem.sweep_interrupted", "true"))
     client.log_batch(parent_run_id, tags=tags)
-    n_failed = sum(r["status"] == "FAILED" for r in rows)
     if killed:
         status = "KILLED"
     elif interrupted:  # the sweep did not reach its end: a job's error stopped Hydra, or Ctrl-C

@@ -117,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     store_dir.mkdir(parents=True, exist_ok=True)
     command = server_command(store_dir, host=args.host, port=args.port, backend_store_uri=backend)
     print(f"lem.ui: MLflow UI on http://{args.host}:{args.port} over {backend or store_dir / DB_FILENAME} (Ctrl-C stops it)", flush=True)
+    experiment_id = _lem_experiment_id(store_dir / DB_FILENAME) if backend is None else None
+    if experiment_id is not None:
+        from lem.tracking.view import runs_url
+
+        print(f"lem.ui: lem's runs by J/token: {runs_url(f'http://{args.host}:{args.port}', experiment_id)}", flush=True)
     import signal
 
     server = subprocess.Popen(command, env=server_env())
@@ -131,3 +136,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.terminate()
             server.wait(timeout=10)
         return 0
+
+
+def _lem_experiment_id(db: Path, name: str = "lem") -> str | None:
+    """The id of the experiment lem logs to, read straight from the SQLite store (no MLflow import)."""
+    import sqlite3
+
+    if not db.is_file():
+        return None
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT experiment_id FROM experiments WHERE name = ?", (name,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None

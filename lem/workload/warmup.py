@@ -19,7 +19,7 @@ Engine-independent (every engine warms up the same way), and recorded (``WarmupR
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lem.records import WarmupRecord
 from lem.workload.types import GenerationParams, PreparedRequest
@@ -48,8 +48,12 @@ def warm_up(
     max_s: float,
     max_output_tokens: int | None,
     meter: Any,
+    on_pass: Callable[[int, float], None] | None = None,
 ) -> WarmupRecord:
-    """Run warmup passes on ``backend`` (see the module docstring); ``meter`` is the run's started energy meter."""
+    """Run warmup passes on ``backend`` (see the module docstring); ``meter`` is the run's started energy meter.
+
+    ``on_pass(passes, elapsed_s)`` is called after every pass (the live progress display).
+    """
     from lem.measure.energy.stability import (
         SETTLE_SPAN_S,
         level,
@@ -82,6 +86,8 @@ def warm_up(
             stable = previous is not None and steady(previous, current)
             previous, span_start = current, now
         elapsed = now - t_begin
+        if on_pass is not None:
+            on_pass(passes, elapsed)
         minimum_done = passes >= max(min_passes, len(shapes)) and elapsed >= min_s
         if minimum_done and (not watch or stable):
             break

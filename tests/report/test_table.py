@@ -100,3 +100,26 @@ def test_net_with_its_uncertainty_a_partial_total_and_the_gpu_config_are_shown()
     text = render_summary(missing)
     assert line(text, "per output token").split()[-1] == DASH  # not 80 J passed off as both GPUs'
     assert "80.00 J; no reading for cuda:1 (gpu)" in line(text, "partial (not a total)")
+
+
+def test_the_report_opens_with_its_headline_and_wraps_long_warnings_at_words():
+    reading = EnergyReading("cuda:0", "gpu", 80.0, "counter", net_energy_j=40.0, idle_power_w=5.0, net_energy_uncertainty_j=2.0)
+    summary = summarize([run_records([reading])])
+    long_warning = "the idle baseline of cuda:0 drifted by 12.5 % between the start and the end of the run " * 3
+    summary["warnings"] = [long_warning.strip()]
+    lines = render_summary(summary, width=60).splitlines()
+    head = lines[0]
+    assert head.startswith("J/token 0.400 gross, 0.200 ± 0.0100 net (counter)")  # 80 J, 40 ± 2 J net, 200 tokens
+    assert "tok/s" in head and "TTFT p50" in head and "p99" in head and "TPOT p50" in head
+    warning_lines = lines[lines.index("warnings") + 1:]
+    assert len(warning_lines) > 3 and all(len(ln) <= 60 for ln in warning_lines)
+    assert warning_lines[0].startswith("  ! ") and all(ln.startswith("    ") for ln in warning_lines[1:])
+    words = long_warning.split()
+    assert " ".join(" ".join(ln.split()) for ln in warning_lines)[2:] == " ".join(words)  # no word was cut
+
+
+def test_the_headline_says_not_measured_rather_than_zero():
+    from lem.report.headline import headline_line
+
+    text = headline_line({"energy": {}, "throughput": {"output_tokens_per_s": 12.5}})
+    assert text.startswith(f"J/token {DASH} (not measured)") and "12.50 tok/s" in text and " 0 " not in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,6 +204,35 @@ def test_latency_limits_make_trials_infeasible(tmp_path: Path) -> None:
     front = best_trials(result.study, settings)
     assert [t.params["batching.batch_size"] for t in front] == [2]  # 4 and 8 dominate it but are infeasible
     assert {t.params["batching.batch_size"] for t in result.study.best_trials} == {2}  # Optuna agrees (it also lists repeats)
+
+
+def test_the_studys_verdict_lists_every_trial_with_its_status_and_names_the_best(tmp_path: Path) -> None:
+    from lem.search.report import format_summary, study_rows
+    from lem.search.settings import TTFT_P99_MS
+    from lem.search.study import run_study
+    from lem.search.verdict import best_row, verdict_rows
+    from lem.tracking.html_report import sweep_report_html
+
+    # batch 1 fails, 4 and 8 break the TTFT limit: batch 2 is the only feasible trial, and the best
+    launch = FakeLaunch(fail_when=lambda overrides: "batching.batch_size=1" in overrides, ttft_ms=lambda bs: 100.0 * bs)
+    settings = _settings(tmp_path, n_trials=4, limits={TTFT_P99_MS: 250.0})
+    result = run_study(settings, _space(), {}, launch, sampler_cfg={"_target_": "optuna.samplers.TPESampler", "seed": 0}, echo=lambda _: None)
+    rows = verdict_rows(study_rows(result.study, settings, measured_only=False), settings)
+    status = {r["swept"]["batching.batch_size"]: r["status"] for r in rows if r["status"] != "duplicate"}
+    assert status == {"1": "failed", "2": "completed", "4": "infeasible", "8": "infeasible"}
+    assert all(rows[r["duplicate_of"]]["swept"] == r["swept"] for r in rows if r["status"] == "duplicate")
+    best = best_row(rows, [next(r["num"] for r in rows if r["status"] == "completed")])
+    assert best is not None and best["swept"] == {"batching.batch_size": "2"}
+
+    text = format_summary(result.study, settings, result.stopped)
+    table = [line.split() for line in text.splitlines() if re.match(r"\s+#\d", line)]
+    assert [cells[1] for cells in table] == ["8", "4", "2", "1"]  # J/token 1/bs, the failed trial last
+    assert [cells[-1] == "*" for cells in table] == [cells[1] == "2" for cells in table]  # the front: feasible trials only
+    assert "infeasible" in text and f"best trial {best['label']} (minimize J/token): batching.batch_size=2" in text
+
+    page = sweep_report_html(rows, title="study", best=best, what="trial")
+    assert page.count("<tr class=") == len(rows)  # the report lists every duplicate too
+    assert page.count('class="infeasible"') == sum(r["status"] == "infeasible" for r in rows) and 'class="completed best"' in page
 
 
 def test_resume_counts_finished_trials_and_fails_stale_ones(tmp_path: Path) -> None:
@@ -441,6 +471,27 @@ def test_min_energy_study_completes_and_writes_its_best_trial(min_energy_study: 
         child = children[t.user_attrs["mlflow_run_id"]]
         assert child.data.tags["lem.optuna.trial_number"] == str(t.number)
 
+    # The parent means what it says: the search space as params, the best trial's headline as metrics.
+    from lem.tracking.metrics import HEADLINE_METRICS
+    from lem.tracking.parent_verdict import OLD_NAMES
+
+    assert parent.data.params["batching.batch_size"] == "choice(1, 2, 4, 8, 16)"
+    assert parent.data.params["decoder"] == "choice(deterministic, creative)"
+    assert parent.data.params["optuna.objectives"] == "energy.j_per_output_token" and parent.data.params["optuna.n_trials"] == "6"
+    assert "dataset.name" not in parent.data.params and "backend.pytorch.num_threads" in parent.data.params  # a fixed override, no default
+    best_child = children[best.user_attrs["mlflow_run_id"]]
+    assert parent.data.tags["lem.best_run_id"] == best_child.info.run_id and parent.data.tags["lem.best_job_num"] == str(best.number)
+    for name in HEADLINE_METRICS:
+        value = best_child.data.metrics.get(name, best_child.data.metrics.get(OLD_NAMES[name]))
+        if value is not None:
+            assert parent.data.metrics[name] == pytest.approx(value), name
+    assert parent.data.metrics["headline/j_per_output_token"] == pytest.approx(best.values[0])
+    assert not any(k.startswith("optuna/trials/") for k in parent.data.metrics)  # no series whose last value passes for the study's
+    assert f"best trial #{best.number} (minimize J/token)" in parent.data.tags["mlflow.note.content"]
+    page = Path(client.download_artifacts(parent.info.run_id, "sweep/report.html", str(sweep_dir.parent / "dl"))).read_text()
+    assert best_child.info.run_id in page and 'class="completed best"' in page and "data:image/png;base64," in page
+    assert f"lem study min_energy verdict: {len(study.trials)} trials" in result.stdout
+
 
 def test_engine_reuse_loads_the_model_once_across_runtime_only_trials(min_energy_study: tuple[Path, subprocess.CompletedProcess]) -> None:
     sweep_dir, result = min_energy_study
@@ -477,7 +528,8 @@ def test_latency_limits_mark_trials_infeasible(tiny_model: Path, store: Path, tm
     study = load(sweep_dir, "pareto")
     done = [t for t in study.trials if t.values is not None]
     assert len(done) == 2
-    assert all(t.constraints["ttft_p99_ms"] > 0 for t in done)
+    assert all(t.user_attrs["lem.constraints"]["ttft_p99_ms"] > 0 for t in done)  # by name, for lem
+    assert all(max(t.constraints.values()) > 0 for t in done)  # as Optuna (and optuna-dashboard) read them
     assert study.best_trials == []
     assert "infeasible" in result.stdout and "no trial completed within the limits" in result.stdout
 
