@@ -12,9 +12,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
+
+from lem.environ import environment
 
 _LOCK = threading.Lock()
 _STANDARD = ("spawn", "fork", "forkserver")
@@ -25,7 +25,7 @@ def start(process: Any, env: dict[str, str] | None = None) -> None:
 
     ``env`` is added to the child's environment (a spawned child takes ``os.environ`` as it is at start).
     """
-    with _LOCK, _environment(env or {}):
+    with _LOCK, environment(env or {}):
         original = multiprocessing.spawn.get_preparation_data
 
         def preparation_data(name: str) -> dict[str, Any]:
@@ -39,20 +39,6 @@ def start(process: Any, env: dict[str, str] | None = None) -> None:
             process.start()
         finally:
             multiprocessing.spawn.get_preparation_data = original
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    before = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 PARENT_CHECK_INTERVAL_S = 0.5

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lem.report.table import fmt_num, grid
+from lem.report.numbers import fmt_num
+from lem.report.table import grid
 
 SETUP_PHASES = ("engine_init", "model_load", "warmup")
 

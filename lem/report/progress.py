@@ -117,12 +117,11 @@ class LiveProgress(Progress):
 
     def _finish_task(self, ok: bool = True) -> None:
         if self._task is not None:
+            task = next((t for t in self._live.tasks if t.id == self._task), None)
             if ok:  # a finished phase shows a full bar and a tick; a stopped one stays where it was
-                task = next((t for t in self._live.tasks if t.id == self._task), None)
                 total = task.total if task is not None and task.total is not None else 1
                 self._live.update(self._task, total=total, completed=total)
             else:
-                task = next((t for t in self._live.tasks if t.id == self._task), None)
                 note = task.fields.get("note", "") if task is not None else ""
                 self._live.update(self._task, note=f"{note} · [red]stopped" if note else "[red]stopped")
             self._live.stop_task(self._task)

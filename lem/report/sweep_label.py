@@ -11,11 +11,12 @@ environment is stale.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from hydra.experimental.callback import Callback
+
+from lem.environ import environment, restore_environ, set_environ
 
 ENV_SWEEP_SIZE = "LEM_SWEEP_SIZE"  # jobs in this multirun (BasicSweeper) or the study's n_trials (Optuna)
 ENV_SWEEP_UNIT = "LEM_SWEEP_UNIT"  # "job" or "trial"
@@ -57,19 +58,9 @@ def basic_sweep_size(overrides: list[str], params: dict[str, Any] | None = None)
         return None
 
 
-@contextmanager
-def sweep_size(unit: str, size: int) -> Iterator[None]:
+def sweep_size(unit: str, size: int) -> AbstractContextManager[None]:
     """The environment :func:`sweep_label` reads, for the jobs launched inside the block."""
-    before = {k: os.environ.get(k) for k in (ENV_SWEEP_SIZE, ENV_SWEEP_UNIT)}
-    os.environ.update({ENV_SWEEP_SIZE: str(size), ENV_SWEEP_UNIT: unit})
-    try:
-        yield
-    finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return environment({ENV_SWEEP_SIZE: str(size), ENV_SWEEP_UNIT: unit})
 
 
 class SweepSizeCallback(Callback):
@@ -90,14 +81,9 @@ class SweepSizeCallback(Callback):
             self._set({ENV_SWEEP_SIZE: str(size), ENV_SWEEP_UNIT: "job"})
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        for key, value in self._before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environ(self._before)
         self._before = {}
 
     def _set(self, values: dict[str, str]) -> None:
-        for key, value in values.items():
-            self._before.setdefault(key, os.environ.get(key))
-            os.environ[key] = value
+        for key, value in set_environ(values).items():
+            self._before.setdefault(key, value)

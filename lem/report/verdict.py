@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lem.report.table import DASH, fmt_num
+from lem.report.numbers import DASH, fmt_num
 
 STATUSES = ("completed", "failed", "infeasible", "duplicate")
 NOISE_FRACTION = 0.05  # two one-cycle jobs closer than this in J/token are not told apart by one measurement

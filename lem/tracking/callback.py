@@ -22,6 +22,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from lem.environ import restore_environ, set_environ
 from lem.tracking.store import (
     ENV_PARENT_RUN_ID,
     ENV_SWEEP_ID,
@@ -30,7 +31,8 @@ from lem.tracking.store import (
 )
 
 
-def _sweep_dir(config: Any) -> Path | None:
+def config_sweep_dir(config: Any) -> Path | None:
+    """The multirun's sweep folder, made absolute against Hydra's cwd; None when the config has none."""
     try:
         path = Path(str(config.hydra.sweep.dir))
         return path if path.is_absolute() else Path(str(config.hydra.runtime.cwd)) / path
@@ -87,7 +89,7 @@ class LemMlflowCallback(Callback):
             return
         if self.target is None:
             return
-        sweep_dir = self.sweep_dir = _sweep_dir(config)
+        sweep_dir = self.sweep_dir = config_sweep_dir(config)
         inherited = os.environ.get(ENV_PARENT_RUN_ID)
         if inherited:  # a sweep launched inside another (e.g. an Optuna study driver): nest under it
             self.sweep_id = os.environ.get(ENV_SWEEP_ID)
@@ -104,9 +106,7 @@ class LemMlflowCallback(Callback):
         except Exception as exc:  # noqa: BLE001 - tracking must never stop a sweep
             print(f"lem: warning: could not create the sweep's MLflow run ({exc}); jobs are logged without a parent", file=sys.stderr)
             return
-        for key, value in ((ENV_PARENT_RUN_ID, self.parent_run_id), (ENV_SWEEP_ID, self.sweep_id)):
-            self._env_before[key] = os.environ.get(key)
-            os.environ[key] = value
+        self._env_before = set_environ({ENV_PARENT_RUN_ID: self.parent_run_id, ENV_SWEEP_ID: self.sweep_id})
         if sweep_dir is not None:
             from lem.redact import redact
 
@@ -148,7 +148,7 @@ class LemMlflowCallback(Callback):
         log_job(config, run_dir, error_text=error)
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        self._finalize(_sweep_dir(config), ended=True)
+        self._finalize(config_sweep_dir(config), ended=True)
 
     def _finalize_at_exit(self) -> None:
         self._finalize(None, ended=False)
@@ -160,11 +160,7 @@ class LemMlflowCallback(Callback):
         from lem.tracking.store import warn_logging_failed
         from lem.tracking.sweep import finalize_parent, set_parent_tag
 
-        for key, before in self._env_before.items():
-            if before is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = before
+        restore_environ(self._env_before)
         self._env_before = {}
         if self.parent_run_id is None or self.target is None or self._finalized:
             return
@@ -184,11 +180,6 @@ class LemMlflowCallback(Callback):
             "(verdict: its description and sweep/report.html)",
             flush=True,
         )
-        try:
-            from lem.tracking.store import connect
-            from lem.tracking.view import where_to_look
+        from lem.tracking.job import print_locations
 
-            _, experiment_id = connect(self.target)
-            print("\n".join(where_to_look(self.target.uri, experiment_id, self.parent_run_id)), flush=True)
-        except Exception:  # noqa: BLE001 - a hint only
-            pass
+        print_locations(self.target, self.parent_run_id)

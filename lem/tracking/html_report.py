@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from lem.report.table import DASH, fmt_num
+from lem.report.numbers import DASH, fmt_num
 from lem.report.verdict import (
     AUTO,
     best_line,

@@ -169,12 +169,19 @@ def announce(cfg: Any, run_id: str | None) -> None:
     if not run_id or str(getattr(getattr(cfg.report, "format", None), "value", "table")) == "json":
         return
     try:
+        target = target_from_config(cfg)
+    except Exception:  # noqa: BLE001 - a bad tracking setting was reported when the run was logged
+        return
+    if target is not None:
+        print_locations(target, run_id)
+
+
+def print_locations(target: Target, run_id: str | None) -> None:
+    """The run's URL in the MLflow UI and the runs view's (:func:`lem.tracking.view.where_to_look`)."""
+    try:
         from lem.tracking.store import connect
         from lem.tracking.view import where_to_look
 
-        target = target_from_config(cfg)
-        if target is None:
-            return
         _, experiment_id = connect(target)  # the connection this process already made to log the run
         print("\n".join(where_to_look(target.uri, experiment_id, run_id)), flush=True)
     except Exception:  # noqa: BLE001 - a hint only; the run is logged

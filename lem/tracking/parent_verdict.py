@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-# A child logged before the headline/ names (an older store, or synced from older folders) has these.
+# A child logged before lem's current names (an older store, or synced from older folders) has these.
 OLD_NAMES = {
+    "energy/phase/generation_j": "energy/generation_energy_j",
     "headline/j_per_output_token": "energy/j_per_output_token",
     "headline/net_j_per_output_token": "energy/net_j_per_output_token",
     "headline/output_tokens_per_s": "throughput/output_tokens_per_s",

@@ -206,13 +206,9 @@ def children_rows(target: Target, parent_run_id: str) -> list[dict[str, Any]]:
         }
         for metric in HEADLINE:
             value = r.data.metrics.get(metric)
-            if value is None and metric in OLD_NAMES:  # a child logged before the headline/ names
+            if value is None and metric in OLD_NAMES:  # a child logged before lem's current names
                 value = r.data.metrics.get(OLD_NAMES[metric])
-            if value is None and metric == "energy/phase/generation_j":
-                value = r.data.metrics.get("energy/generation_energy_j")
             row[metric] = value if value is not None and math.isfinite(value) else None
-        for metric, old in OLD_NAMES.items():  # the plots read either spelling
-            row[old] = row[metric]
         cycles = r.data.params.get("cycles", "")
         row["n_cycles"] = int(cycles) if cycles.isdigit() else None
         row["run_dir"] = tags.get("lem.run_dir")

@@ -43,11 +43,12 @@ class SweepTableCallback(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         from lem.report.verdict import render_verdict
+        from lem.tracking.callback import config_sweep_dir
 
+        sweep_dir = config_sweep_dir(config)
+        if sweep_dir is None:
+            return
         try:
-            sweep_dir = Path(str(config.hydra.sweep.dir))
-            if not sweep_dir.is_absolute():
-                sweep_dir = Path(str(config.hydra.runtime.cwd)) / sweep_dir
             verdict = [] if _is_study(config) else verdict_rows(sweep_dir)
             rows = sweep_rows(sweep_dir)
         except Exception:  # noqa: BLE001 - a report only; the jobs' own results are already written
