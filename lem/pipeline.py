@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from lem.launch.pool import EnginePool
     from lem.launch.ranks import RankGroup
     from lem.measure.energy import EnergyMeter
+    from lem.measure.gpu_control import GpuControl
     from lem.report.progress import Progress
 
 SAMPLE_FLUSH_INTERVAL_S = 5.0  # how often the power timeline is appended to the raw file during generation
@@ -122,15 +123,17 @@ def _run_phases(
     group = group if group is not None else SoloGroup()
     clock = PhaseClock()
     cuda_indices = measured_cuda_indices(cfg, group.local_rank)
-    meter = _energy_meter(cfg.energy, cuda_indices, t0=clock.t0, host_meters=group.measures_host)
+    control = _apply_gpu_settings(cfg, cuda_indices)  # before the meter reads the GPUs and before any engine or model
+    meter = _energy_meter(cfg.energy, cuda_indices, t0=clock.t0, host_meters=group.measures_host,
+                          clocks_locked=cfg.gpu.locked_sm_clock_mhz is not None)
     meter.validity_windows = {"generation"}  # setup phases are short by nature: only generation's length matters
     memory = PeakMemory()
     memory.start()
     raw_path = run_dir / "raw" / f"process-{process_index}.jsonl"
     writer = RawWriter(raw_path)
-    meter.start()
     backend = None
     try:
+        meter.start()
         # Setup: engine init and model load, unless an identical engine is already loaded. Then the
         # idle baseline, in one defined state for every job: engine up, model resident, power settled.
         backend, reused = engines.take(cfg) if engines is not None else (None, False)
@@ -184,6 +187,8 @@ def _run_phases(
                 engine_settings=description.extra,
             )
         )
+        if control is not None:
+            writer.write(control.record())  # what was applied (restored: false until the run ends)
         if baseline is not None:
             writer.write(baseline)
         for window in setup_windows:
@@ -262,6 +267,9 @@ def _run_phases(
         if recheck is not None:
             writer.write(recheck)
         meter.stop()
+        if control is not None:  # after the idle recheck and the meter's last look at the GPUs' settings
+            control.restore()
+            writer.write(control.record())
         _flush_samples(meter, writer)
         writer.write(meter.record())
         writer.write(memory.stop())
@@ -274,6 +282,9 @@ def _run_phases(
         raise
     finally:
         meter.stop()
+        if control is not None:  # also after a failed or interrupted job (a killed one: lem.measure.gpu_restore)
+            control.restore()
+            control.close()
         if memory.record is None:
             memory.stop()
         writer.close()
@@ -282,6 +293,18 @@ def _run_phases(
         engines.give_back(cfg, backend)
     else:
         unload_quietly(backend)
+
+
+def _apply_gpu_settings(cfg: LemConfig, cuda_indices: list[int]) -> GpuControl | None:
+    """Restore what a run that did not finish left on these GPUs, then apply ``gpu.*`` (refused in one line)."""
+    from lem.measure import gpu_control
+
+    g = cfg.gpu
+    if g.power_limit_w is None and g.locked_sm_clock_mhz is None:
+        if cuda_indices:
+            gpu_control.restore_orphans(cuda_indices)
+        return None
+    return gpu_control.apply(cuda_indices, g.power_limit_w, g.locked_sm_clock_mhz)
 
 
 def _end_record(end_s: float, start: host_load.CpuSnapshot, end: host_load.CpuSnapshot) -> EndRecord:
@@ -354,12 +377,16 @@ def _count_flops(cfg: LemConfig, backend: Any, description: Any, records: list[R
         kv_cache=bool(description.extra.get("use_cache", True)),
         # Every GPU the engine computes on (tensor x pipeline stages): MFU's peak is their sum.
         device_names=description.device_names if on_gpu else None,
-        dtype=compute_dtype if on_gpu else None,
+        dtype=compute_dtype,  # the peak only on GPU (no device names on CPU); the model's bytes everywhere
+        quantization=description.extra.get("quantization"),  # weight bytes: int8/int4 (PyTorch), fp8/awq/... (vLLM, TensorRT-LLM)
     )
 
 
-def _energy_meter(energy_cfg: EnergyConfig, cuda_indices: list[int] | None, t0: float | None, host_meters: bool) -> EnergyMeter:
-    """The run's energy meter from ``cfg.energy``: every setting passed as a plain value."""
+def _energy_meter(
+    energy_cfg: EnergyConfig, cuda_indices: list[int] | None, t0: float | None, host_meters: bool, clocks_locked: bool = False
+) -> EnergyMeter:
+    """The run's energy meter from ``cfg.energy``: every setting passed as a plain value. With locked clocks the
+    idle baseline is measured, never taken from the cache: NVML cannot read a locked clock, so the cache cannot key on it."""
     from lem.measure.energy import EnergyMeter
 
     cc = energy_cfg.codecarbon
@@ -371,7 +398,7 @@ def _energy_meter(energy_cfg: EnergyConfig, cuda_indices: list[int] | None, t0: 
         codecarbon=cc.enabled,
         sample_interval_ms=energy_cfg.sample_interval_ms,
         idle_baseline_s=energy_cfg.idle_baseline_s,
-        idle_baseline_cache_max_age_s=energy_cfg.idle_baseline_cache_max_age_s,
+        idle_baseline_cache_max_age_s=0.0 if clocks_locked else energy_cfg.idle_baseline_cache_max_age_s,
         idle_settle_max_s=energy_cfg.idle_settle_max_s,
         pue=energy_cfg.pue,
         carbon_intensity_g_per_kwh=energy_cfg.carbon_intensity_g_per_kwh,

@@ -271,6 +271,10 @@ class FlopsRecord:
     useful_decode_flops: float | None = None  # useful, decode forwards
     n_devices: int | None = None  # GPUs this process's engine computes on (tensor x pipeline stages); None on CPU
     peak_flops_per_s_per_device: float | None = None  # one device's dense peak; None when unknown or the GPUs differ
+    forward_cost: dict[str, float] | None = None  # the chosen ForwardCost: {"per_token_flops", "per_query_key_flops", "per_logit_flops"}
+    n_params: int | None = None  # parameters of the model (from the loaded model, else from its config's shape)
+    weight_bytes: float | None = None  # bytes of weights one forward reads (an untied input-embedding table excluded), at the run's dtype/quantization
+    kv_cache_bytes_per_token: float | None = None  # K and V of one token, all layers, at the compute dtype (None without the shape)
     kind: str = "flops"
 
 
@@ -286,6 +290,36 @@ class EndRecord:
     host_busy_cores: float | None = None  # mean CPU cores busy on the whole host during generation
     lem_busy_cores: float | None = None  # mean CPU cores busy in this process and its children (the engine's)
     kind: str = "end"
+
+
+@dataclass
+class GpuControlDevice:
+    """One GPU whose settings lem changed for the run (``GpuControlRecord.devices``)."""
+
+    device: str  # "cuda:N" (torch numbering), as in the energy readings
+    uuid: str  # the physical GPU (NVML "GPU-...")
+    name: str | None = None  # e.g. "NVIDIA H100 80GB HBM3"
+    power_limit_w: float | None = None  # requested (gpu.power_limit_w); None: the limit was not changed
+    power_limit_before_w: float | None = None  # NVML power management limit before the run (restored after it)
+    enforced_power_limit_w: float | None = None  # nvmlDeviceGetEnforcedPowerLimit right after setting
+    power_limit_range_w: list[float] | None = None  # [min, max] NVML allows (nvmlDeviceGetPowerManagementLimitConstraints)
+    locked_sm_clock_mhz: int | None = None  # requested (gpu.locked_sm_clock_mhz); None: clocks not locked
+    sm_clock_mhz_after: float | None = None  # SM clock read right after locking (NVML cannot read locked clocks back)
+    restored: bool = False  # previous limit set again and locked clocks reset
+    notes: list[str] = field(default_factory=list)  # what NVML adjusted or refused
+
+
+@dataclass
+class GpuControlRecord:
+    """NVIDIA GPU settings lem applied for the run (``gpu.*``): written once applied (restored false) and
+    again once restored after the run; the last one of a process is what happened."""
+
+    power_limit_w: float | None  # gpu.power_limit_w, W
+    locked_sm_clock_mhz: int | None  # gpu.locked_sm_clock_mhz, MHz
+    devices: list[GpuControlDevice] = field(default_factory=list)
+    restored: bool = False  # every device restored
+    notes: list[str] = field(default_factory=list)  # e.g. settings a run that did not finish left, restored first
+    kind: str = "gpu_control"
 
 
 def to_json_dict(record: Any) -> dict[str, Any]:

@@ -50,7 +50,9 @@ def test_run_writes_records_and_summary(tiny_model: Path, tmp_path: Path) -> Non
     run_dir = tmp_path / "run"
     n_prompts, max_out = 6, 8
     result = subprocess.run(
-        lem_command(run_dir, tiny_model, f"dataset.n_prompts={n_prompts}", f"dataset.max_output_tokens={max_out}", "batching.batch_size=4"),
+        lem_command(run_dir, tiny_model, f"dataset.n_prompts={n_prompts}", f"dataset.max_output_tokens={max_out}", "batching.batch_size=4",
+                    # A latency objective every request meets, and this CPU's limits for the physical floor.
+                    "slo.ttft_ms=600000", "hardware.peak_tflops=0.5", "hardware.memory_bandwidth_gb_per_s=20", "hardware.power_w=50"),
         cwd=tmp_path, env=lem_env(), capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -129,6 +131,33 @@ def test_run_writes_records_and_summary(tiny_model: Path, tmp_path: Path) -> Non
     assert (run_dir / "resolved_config.yaml").is_file()
     assert (run_dir / ".hydra" / "overrides.yaml").is_file()
     assert "TTFT" in result.stdout and str(run_dir) in result.stdout
+
+    # Energy per request: every request's share, at three labelled boundaries, adds up to the generation energy.
+    attribution = summary["attribution"]
+    assert attribution["weighting"] == "flops" and attribution["n_requests"] == n_prompts
+    check = attribution["check"]
+    assert check["attributed_j"] + check["unattributed_j"] == pytest.approx(check["generation_energy_j"], rel=1e-9)
+    assert check["generation_energy_j"] == pytest.approx(sum(r["energy_j"] for r in generation["energy"]), rel=1e-9)
+    bounds = attribution["boundaries"]
+    assert bounds["accelerator_net"]["components"] == ["cpu"] and bounds["device_host_gross"]["components"] == ["cpu", "dram"]
+    assert all(b["estimated"] and b["energy_source"] == "estimated" for b in bounds.values())
+    assert bounds["all_in"]["total_j"] == pytest.approx(energy["run_energy_j"], rel=1e-9)  # PUE 1
+    split = attribution["prefill_decode"]["device_host_gross"]
+    assert split["prefill_j"] > 0 and split["decode_j"] > 0
+    assert split["prefill_share"] + split["decode_share"] + split["waiting_share"] + split["unattributed_share"] == pytest.approx(1.0)
+    rows = read_lines(run_dir / "request_energy.jsonl")
+    assert sorted(r["request_id"] for r in rows) == list(range(n_prompts))
+    assert sum(r["device_host_gross_j"] for r in rows) == pytest.approx(check["attributed_j"], rel=1e-9)
+    assert all(r["prefill_j"] + r["decode_j"] + r["waiting_j"] == pytest.approx(r["device_host_gross_j"]) for r in rows)
+    assert "energy per request (estimated" in result.stdout and "prefill / decode" in result.stdout
+    floor = summary["floor"]  # a CPU: the limits come from hardware.*, said so
+    assert floor["sources"]["power_w"] == "hardware.power_w" and floor["power_w"] == 50.0
+    assert floor["compute_j_per_output_token"] == pytest.approx(summary["flops"]["useful_flops_per_output_token"] * 50 / 0.5e12)
+    assert floor["weight_bytes"] > 0 and floor["kv_cache_bytes_per_token"] > 0 and floor["memory_j_per_output_token"] > 0
+    assert floor["measured_over_floor"] > 1.0 and "measured ÷ floor" in result.stdout
+    goodput = summary["goodput"]
+    assert goodput["objectives"] == {"ttft_ms": 600000.0} and goodput["n_good"] == n_prompts
+    assert goodput["j_per_good_output_token"] == pytest.approx(energy["j_per_output_token"])
 
     # Late aggregation: recomputing from the raw records gives the same summary.
     recomputed = subprocess.run(

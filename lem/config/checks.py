@@ -18,6 +18,7 @@ from lem.backends.registry import ENGINES, scheduling
 from lem.config.rules import (
     at_least,
     in_range,
+    nvidia_gpu_present,
     require_cuda,
     require_package,
     resolve_device,
@@ -46,7 +47,7 @@ def validate(cfg: LemConfig) -> list[str]:
     """
     from lem.config.inputs import check_inputs
 
-    for check in (check_numbers, check_dataset, check_batching, check_decoder, check_traffic, check_sharding, check_energy, check_run, check_backend, check_precision, check_model):
+    for check in (check_numbers, check_dataset, check_batching, check_decoder, check_traffic, check_sharding, check_energy, check_run, check_backend, check_precision, check_gpu, check_model):
         check(cfg)
     warnings = check_inputs(cfg)
     for warning in warnings:
@@ -175,6 +176,14 @@ def check_energy(cfg: LemConfig) -> None:
         in_range("energy.codecarbon.ram_power_w", cc.ram_power_w, 0.0, 10_000.0)
     if not cc.country_iso_code.isalpha() or len(cc.country_iso_code) != 3:
         raise ConfigError("energy.codecarbon.country_iso_code", cc.country_iso_code, "a 3-letter ISO 3166 country code such as USA, FRA, DEU")
+    # Latency objectives for goodput and the device limits for the physical floor: positive where set.
+    for key, value, high in (
+        ("slo.ttft_ms", cfg.slo.ttft_ms, 86_400_000.0), ("slo.tpot_ms", cfg.slo.tpot_ms, 3_600_000.0),
+        ("hardware.peak_tflops", cfg.hardware.peak_tflops, 1e6), ("hardware.memory_bandwidth_gb_per_s", cfg.hardware.memory_bandwidth_gb_per_s, 1e6),
+        ("hardware.power_w", cfg.hardware.power_w, 1e6),
+    ):
+        if value is not None:
+            in_range(key, value, 0.0, high, low_open=True)
 
 
 def check_run(cfg: LemConfig) -> None:
@@ -209,6 +218,25 @@ def check_precision(cfg: LemConfig) -> None:
         raise ConfigError("precision.dtype", "float16", "float32, bfloat16 or auto on a CPU (no CUDA GPU here; CPU float16 matmuls are emulated)")
     if device is Device.cuda:
         require_cuda("backend.device", "cuda")
+
+
+def check_gpu(cfg: LemConfig) -> None:
+    """NVIDIA settings need a CUDA run: refused on a CPU run or a machine without a GPU, before anything starts.
+    What the GPU itself allows (the power limit range, permission, support) is asked of NVML when the job starts."""
+    g = cfg.gpu
+    if g.power_limit_w is not None:
+        in_range("gpu.power_limit_w", g.power_limit_w, 0.0, 10_000.0, low_open=True)
+    if g.locked_sm_clock_mhz is not None:
+        in_range("gpu.locked_sm_clock_mhz", g.locked_sm_clock_mhz, 0, 10_000, low_open=True)
+    key, value = ("gpu.power_limit_w", g.power_limit_w) if g.power_limit_w is not None else ("gpu.locked_sm_clock_mhz", g.locked_sm_clock_mhz)
+    if value is None:
+        return
+    device = cfg.backend.device
+    if device is Device.cpu:
+        raise ConfigError(key, value, "null with backend.device=cpu (an NVIDIA GPU setting: run with backend.device=cuda, or leave it unset)")
+    if not nvidia_gpu_present() or resolve_device(device) is Device.cpu:
+        raise ConfigError(key, value, "null on this machine: no NVIDIA GPU visible to torch, so the run is on the CPU (an NVIDIA GPU setting)")
+    require_cuda(key, value)
 
 
 def check_model(cfg: LemConfig) -> None:

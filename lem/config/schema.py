@@ -171,6 +171,34 @@ class FlopsConfig:
 
 
 @dataclass
+class GpuControlConfig:
+    """NVIDIA GPU settings applied to every measured GPU before the model loads and restored after the run
+    (also after a failed or killed run: lem.measure.gpu_control). None leaves the GPU as it is."""
+
+    power_limit_w: float | None = None  # NVML power management limit (nvmlDeviceSetPowerManagementLimit), watts
+    locked_sm_clock_mhz: int | None = None  # SM clock locked to this value (nvmlDeviceSetGpuLockedClocks min = max)
+
+
+@dataclass
+class SloConfig:
+    """Latency objectives for goodput (vLLM's definition): a request is good when it meets every objective set.
+    None: no objective on that latency."""
+
+    ttft_ms: float | None = None  # time to first token (arrival → first token, queueing included), ms
+    tpot_ms: float | None = None  # time per output token after the first, ms
+
+
+@dataclass
+class HardwareConfig:
+    """The device's limits for the physical floor where lem's table has none (CPUs, unlisted GPUs).
+    None: use lem's device table (lem.measure.device_specs); the floor is null where neither knows."""
+
+    peak_tflops: float | None = None  # dense peak of all devices the run computes on, at the run's compute dtype, TFLOP/s
+    memory_bandwidth_gb_per_s: float | None = None  # peak memory bandwidth of those devices, GB/s (1e9 bytes)
+    power_w: float | None = None  # the power those devices may draw at most (TDP or power limit), W
+
+
+@dataclass
 class TrackingConfig:
     enabled: bool = True
     # None: sqlite under <project>/mlruns/ (MLFLOW_TRACKING_URI, when set, wins).
@@ -223,6 +251,9 @@ class LemConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    gpu: GpuControlConfig = field(default_factory=GpuControlConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     # The measured generation phase runs this many times on the loaded engine; the summary gives
     # each headline metric's mean, standard deviation and 95 % confidence interval over cycles.
     cycles: int = 1

@@ -15,17 +15,14 @@ import fcntl
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-DEFAULT_LOCK_DIR = "/tmp/lem-gpu-locks"
+from lem.measure.gpu_state import DEFAULT_LOCK_DIR, lock_dir  # noqa: F401 - one folder for leases and GPU-setting markers
+
 POLL_S = 1.0
-
-
-def lock_dir() -> Path:
-    return Path(os.environ.get("LEM_GPU_LOCK_DIR", DEFAULT_LOCK_DIR))
 
 
 def visible_gpu_uuids() -> list[str]:
@@ -167,3 +164,12 @@ def lease_for(cfg: Any) -> GpuLease | None:
         return acquire(need, timeout_s=cfg.run.gpu_lease_timeout_s)
     except TimeoutError as exc:
         raise LemError(f"run.gpu_lease_timeout_s={cfg.run.gpu_lease_timeout_s}: {exc}") from None
+
+
+def restore_settings_left_by(pids: Iterable[int | None]) -> None:
+    """After engine workers or ranks ended: put back the GPU settings (``gpu.*``) one killed mid-run could not."""
+    from lem.measure.gpu_restore import restore_left_by
+
+    for pid in pids:
+        if pid is not None:
+            restore_left_by(pid)  # no marker of that pid: nothing to do, NVML not even opened

@@ -28,7 +28,7 @@ from lem.config.types import Isolation
 from lem.errors import LemError
 from lem.launch import spawn
 from lem.launch.faults import JobTimedOut, OutputWriteFailed
-from lem.launch.gpu_lease import lease_for
+from lem.launch.gpu_lease import lease_for, restore_settings_left_by
 from lem.launch.pool import EnginePool, engine_key
 from lem.session import current
 
@@ -309,8 +309,10 @@ class WorkerManager:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.worker is not None:
+            pid = self.worker.pid
             self.worker.close(timeout_s)
             self.worker = None
+            restore_settings_left_by([pid])  # a killed worker could not restore its GPUs' power limit and clocks
         if self.lease is not None:
             self.lease.release()
             self.lease = None

@@ -103,6 +103,9 @@ def run_ranks(cfg: LemConfig, run_dir: Path) -> None:
                 p.terminate()
         raise
     finally:
+        from lem.launch.gpu_lease import restore_settings_left_by
+
+        restore_settings_left_by(p.pid for p in procs if not p.is_alive())  # a killed rank's GPU settings, before the GPUs are free
         if lease is not None:
             lease.release()
     failed = [(rank, p.exitcode) for rank, p in enumerate(procs) if p.exitcode != 0]

@@ -1,4 +1,4 @@
-"""Dense peak FLOP/s of common NVIDIA GPUs, per compute dtype: the denominator of MFU.
+"""Dense peak FLOP/s of common NVIDIA GPUs (and AMD's MI300X), per compute dtype: the denominator of MFU.
 
 Figures are the vendor datasheet's *dense* tensor-core throughput (the "with sparsity"
 figure halved) for float16/bfloat16/float8/tfloat32, and CUDA-core (non-tensor) throughput
@@ -8,7 +8,8 @@ peaks: a GPU that throttles or runs at a lower application clock cannot reach th
 
 Lookup is by ``torch.cuda.get_device_name()`` (e.g. "NVIDIA H100 80GB HBM3"), matched
 case-insensitively against patterns tried in order, most specific first ("H100 PCIe"
-before "H100", "A100" before "A10"). Unknown devices, CPUs and dtypes a GPU has no
+before "H100", "A100" before "A10"). Memory bandwidth and board power of the same rows are in
+``lem.measure.device_specs``. Unknown devices, CPUs and dtypes a GPU has no
 tensor-core path for (bfloat16 on V100/T4) give ``None`` — never a guess.
 """
 
@@ -74,6 +75,9 @@ GPU_PEAKS: tuple[GpuPeak, ...] = (
             "NVIDIA V100 datasheet, PCIe column (no bfloat16 tensor cores)"),
     GpuPeak("T4", r"\bt4\b", {"float32": 8.1, "float16": 65.0},
             "NVIDIA T4 datasheet (no bfloat16 tensor cores)"),
+    # ROCm's torch.cuda.get_device_name() gives "AMD Instinct MI300X" (or "... MI300X VF" in a VM).
+    GpuPeak("MI300X", r"\bmi300x\b", {"float32": 163.4, "tfloat32": 653.7, "bfloat16": 1307.4, "float16": 1307.4, "float8": 2614.9},
+            "AMD Instinct MI300X data sheet (dense; the sparsity figures are twice these; float32 = its matrix/vector FP32)"),
 )
 
 _DTYPE_ALIASES = {

@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lem.report.attribution_table import attribution_lines
 from lem.report.numbers import DASH, fmt_bytes, fmt_num, fmt_si
 
 _LABEL_W = 20
@@ -28,6 +29,7 @@ def render_summary(summary: Mapping[str, Any], width: int = 100) -> str:
     _phases(out, summary.get("phases") or {})
     _energy(out, summary.get("energy") or {}, summary.get("utilisation") or {})
     _compute(out, summary.get("flops") or {}, summary.get("memory") or {}, summary.get("batching") or {})
+    out.extend(attribution_lines(summary))  # per request, prefill/decode, floor, goodput, GPU settings
     _cycles(out, summary.get("cycles"))
     warnings = summary.get("warnings") or []
     out.append("")

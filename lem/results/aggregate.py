@@ -14,6 +14,7 @@ from typing import Any
 
 from lem.errors import LemError
 from lem.records import PHASE_ORDER, RAW_SCHEMA_VERSION, SUMMARY_SCHEMA_VERSION
+from lem.results.attributed import attributed_sections
 from lem.results.cycles import cycles_section
 from lem.results.energy import energy_section, utilisation_section
 from lem.results.latency import distribution, request_latencies
@@ -50,6 +51,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
     traffic = traffic_section(requests, config, procs)
     cycles = cycles_section(procs, warnings)
     warmup = warmup_section(procs, warnings)
+    beyond = attributed_sections(procs, config, requests, energy, flops, tokens, window_s, warnings)
     tokens["token_ids"] = token_id_checks(requests, greedy=greedy_from_config(config))
     warnings.extend(token_id_warnings(tokens["token_ids"]))
 
@@ -85,6 +87,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
         "batching": batching,
         "traffic": traffic,
         "cycles": cycles,
+        **beyond,  # attribution (per request, prefill/decode, boundaries), goodput, floor, gpu_control
         "warnings": warnings,
         "config": copy.deepcopy(dict(config)) if config is not None else None,
     }

@@ -16,10 +16,13 @@ from typing import Any
 
 from lem.errors import LemError
 from lem.results.aggregate import summarize
+from lem.results.attributed import request_energy_rows
 from lem.results.reader import read_run
-from lem.results.writer import write_json_atomic
+from lem.results.writer import write_json_atomic, write_jsonl_atomic
 
 SUMMARY_FILE = "summary.json"
+# Each request's energy at the three boundaries and its prefill/decode/waiting parts (lem.results.request_energy).
+REQUEST_ENERGY_FILE = "request_energy.jsonl"
 # The copy resolved at run time first; Hydra's own (interpolations as written) when it is missing.
 CONFIG_FILES: tuple[str, ...] = ("resolved_config.yaml", ".hydra/config.yaml")
 
@@ -56,8 +59,10 @@ def compute_summary(run_dir: str | os.PathLike[str], config: Mapping[str, Any] |
 
 
 def write_summary(run_dir: str | os.PathLike[str], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Recompute ``<run_dir>/summary.json`` from the raw records (atomically) and return it."""
-    summary = compute_summary(run_dir, config)
+    """Recompute ``<run_dir>/summary.json`` and ``request_energy.jsonl`` from the raw records (atomically) and return the summary."""
+    processes = read_run(run_dir)
+    summary = summarize(processes, dict(config) if config is not None else load_config(run_dir))
+    write_jsonl_atomic(Path(run_dir) / REQUEST_ENERGY_FILE, request_energy_rows(processes))
     write_json_atomic(Path(run_dir) / SUMMARY_FILE, summary)
     return summary
 

@@ -103,6 +103,13 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     return path
 
 
+def write_jsonl_atomic(path: str | os.PathLike[str], rows: list[Any]) -> Path:
+    """Write ``rows`` as JSON lines, atomically (the old file or the new one, never half)."""
+    path = Path(path)
+    write_text_atomic(path, "".join(json.dumps(r, allow_nan=False, ensure_ascii=False) + "\n" for r in rows), durable=True)
+    return path
+
+
 def write_resolved_config(composed_cfg: Any, run_dir: Path) -> None:
     """``resolved_config.yaml``: the config the run used, interpolations resolved (read by summarize and tracking).
 

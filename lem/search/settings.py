@@ -16,10 +16,12 @@ J_PER_TOKEN = "energy.j_per_output_token"
 TOKENS_PER_S = "throughput.output_tokens_per_s"
 TTFT_P99_MS = "latency.ttft_ms.p99"
 TPOT_P99_MS = "latency.tpot_ms.p99"
+J_PER_GOOD_TOKEN = "goodput.j_per_good_output_token"  # energy per output token of requests that met slo.*
+GOODPUT_PREFIX = "goodput."  # objectives null when no request met slo.*: the trial is pruned, not failed
 # Sweeper keys for latency limits → the summary.json value each one caps.
 LIMIT_KEYS = {"max_ttft_p99_ms": TTFT_P99_MS, "max_tpot_p99_ms": TPOT_P99_MS}
 RECORDED_METRICS = (J_PER_TOKEN, TOKENS_PER_S, TTFT_P99_MS, TPOT_P99_MS)
-SHORT_NAMES = {J_PER_TOKEN: "J/token", TOKENS_PER_S: "tok/s", TTFT_P99_MS: "TTFT p99 ms", TPOT_P99_MS: "TPOT p99 ms"}
+SHORT_NAMES = {J_PER_TOKEN: "J/token", J_PER_GOOD_TOKEN: "J/good token", TOKENS_PER_S: "tok/s", TTFT_P99_MS: "TTFT p99 ms", TPOT_P99_MS: "TPOT p99 ms"}
 
 
 def metric_names(objectives: list[str]) -> list[str]:

@@ -38,6 +38,7 @@ from lem.search.settings import (
     ATTR_OVERRIDES,
     ATTR_RUN_DIR,
     ATTR_SKIPPED,
+    GOODPUT_PREFIX,
     SHORT_NAMES,
     TOKENS_PER_S,
     TPOT_P99_MS,
@@ -267,6 +268,11 @@ def _tell_outcome(study: Any, trial: Any, outcome: TrialOutcome, settings: Study
     if error is None:
         for path in settings.objectives:
             value = outcome.metrics.get(path)
+            if value is None and path.startswith(GOODPUT_PREFIX):
+                # Not a failure: the configuration ran, but no request met slo.*, so J per good token has no value.
+                trial.set_user_attr(ATTR_ERROR, f"{path} is null: no request met the latency objectives (slo.*)")
+                _tell(study, trial, state=TrialState.PRUNED)
+                return
             if value is None:
                 hint = " (energy.enabled=false, or no sensor and no estimate)" if path.startswith("energy.") else ""
                 error = f"{path} is missing from the job's summary.json{hint}"

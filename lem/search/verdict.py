@@ -31,6 +31,8 @@ def verdict_rows(trial_rows: Sequence[Mapping[str, Any]], settings: StudySetting
             continue
         if r["kind"] == "duplicate":
             status = "duplicate"
+        elif r["state"] == "PRUNED":
+            status = "no good tokens"  # ran, but no request met slo.*: J per good token has no value
         elif r["state"] != "COMPLETE":
             status = "failed"
         else:

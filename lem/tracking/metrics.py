@@ -85,6 +85,25 @@ SUMMARY_METRICS: dict[str, str] = {
     "batching/engine_steps/mean_waiting": "batching.engine_steps.mean_waiting",
     "batching/engine_steps/max_waiting": "batching.engine_steps.max_waiting",
     "traffic/achieved_qps": "traffic.achieved_qps",
+    # Energy per request at three boundaries, prefill vs decode, the physical floor, goodput (issue 18).
+    "request/compute_net_j_p50": "attribution.boundaries.accelerator_net.j_per_request.p50",
+    "request/compute_net_j_p99": "attribution.boundaries.accelerator_net.j_per_request.p99",
+    "request/gross_j_p50": "attribution.boundaries.device_host_gross.j_per_request.p50",
+    "request/gross_j_p99": "attribution.boundaries.device_host_gross.j_per_request.p99",
+    "request/all_in_wh_mean": "attribution.boundaries.all_in.wh_per_request.mean",
+    "energy/prefill_share": "attribution.prefill_decode.device_host_gross.prefill_share",
+    "energy/j_per_prefill_token": "attribution.prefill_decode.device_host_gross.j_per_prefill_token",
+    "energy/j_per_decode_token": "attribution.prefill_decode.device_host_gross.j_per_decode_token",
+    "energy/net_j_per_prefill_token": "attribution.prefill_decode.accelerator_net.j_per_prefill_token",
+    "energy/net_j_per_decode_token": "attribution.prefill_decode.accelerator_net.j_per_decode_token",
+    "floor/j_per_output_token": "floor.floor_j_per_output_token",
+    "floor/measured_over_floor": "floor.measured_over_floor",
+    "floor/net_measured_over_floor": "floor.net_measured_over_floor",
+    "floor/roofline_fraction": "floor.roofline_fraction",
+    "goodput/requests_per_s": "goodput.goodput_requests_per_s",
+    "goodput/good_fraction": "goodput.good_fraction",
+    "goodput/j_per_good_output_token": "goodput.j_per_good_output_token",
+    "goodput/net_j_per_good_output_token": "goodput.net_j_per_good_output_token",
 }
 LATENCY_STATS = ("mean", "p50", "p90", "p99", "max")
 # Phases whose net-of-idle energy is a figure (idle net of idle is 0 by construction).

@@ -289,7 +289,7 @@ def _log_artifacts(client: Any, run_id: str, folder: RunFolder) -> None:
     from lem.tracking import plots
 
     p = folder.path
-    for name in ("summary.json", "resolved_config.yaml"):
+    for name in ("summary.json", "request_energy.jsonl", "resolved_config.yaml"):
         if (p / name).is_file():
             client.log_artifact(run_id, str(p / name))
     if (p / "raw").is_dir():

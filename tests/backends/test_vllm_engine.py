@@ -44,6 +44,8 @@ def vllm_cfg(**batching: Any) -> LemConfig:
 def engine() -> Any:
     cfg = vllm_cfg()
     cfg.dataset.max_output_tokens = 32  # room for the longest test (the engine's max_model_len)
+    # float32 on every CPU, so greedy outputs compare with PyTorch's float32 (auto is bfloat16 on AMX CPUs).
+    cfg.precision.dtype = DType.float32
     backend = loaded_backend(cfg)
     yield backend
     backend.unload()
@@ -64,7 +66,7 @@ def serve(engine: Any, cfg: LemConfig, requests: list[Any], offsets_s: list[floa
 def test_the_record_says_what_ran(engine: Any) -> None:
     d = engine.describe()
     assert (d.engine, d.device_type) == ("vllm", "cpu") and d.engine_version.startswith("vllm 0.32")
-    assert d.dtype == "float32"  # auto on a CPU without AMX; read back from vLLM's model config
+    assert d.dtype == "float32"  # as asked, read back from vLLM's model config
     assert d.device_names and d.device_names[0] != "cuda"
     assert d.num_threads is not None and d.num_threads >= 1  # the cores vLLM's worker is bound to
     assert d.extra["effective"]["max_num_seqs"] >= 4 and d.extra["effective"]["enforce_eager"] is True

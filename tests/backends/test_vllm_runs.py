@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from lem.backends.vllm.engine import cpu_has_amx
 from lem.config.schema import BackendName, LemConfig
 from lem.config.types import BatchingStrategy, Device, FlopsStrategy
 from lem.launch.job import WorkerDied, WorkerManager
@@ -65,7 +66,8 @@ def test_the_first_command_users_type_runs_and_a_sweep_reuses_the_engine(tmp_pat
     assert result.returncode == 0, result.stderr[-4000:]
     assert "engine ran" in result.stdout  # the summary shows the batch the engine ran per step
     first, second = read_lines(sweep_dir / "0"), read_lines(sweep_dir / "1")
-    assert first[0]["engine"] == "vllm" and first[0]["device_type"] == "cpu" and first[0]["dtype"] == "float32"
+    assert first[0]["engine"] == "vllm" and first[0]["device_type"] == "cpu"
+    assert first[0]["dtype"] == ("bfloat16" if cpu_has_amx() else "float32")  # dtype=auto on vLLM's CPU build
     assert first[0]["engine_reused"] is False and second[0]["engine_reused"] is True  # one engine for the sweep
     assert first[0]["pid"] == second[0]["pid"]
     # The reused engine pays no setup, but idle is measured in the same state as the first job's: model loaded.

@@ -293,3 +293,24 @@ def refusal(overrides: list[str]) -> str:
     message = str(refused.value)
     assert message and "\n" not in message and "Traceback" not in message, message
     return message
+
+
+# --- latency objectives and device limits (goodput, the physical floor) ---------------------------
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("slo.ttft_ms=-5", "slo.ttft_ms=-5.0: expected a number in (0.0, 86400000.0]"),
+        ("slo.tpot_ms=0", "slo.tpot_ms=0.0: expected a number in (0.0, 3600000.0]"),
+        ("slo.tpot_ms=nan", "slo.tpot_ms=nan: expected a finite number"),
+        ("hardware.power_w=0", "hardware.power_w=0.0: expected a number in (0.0, 1000000.0]"),
+        ("hardware.peak_tflops=-1", "hardware.peak_tflops=-1.0: expected a number in (0.0, 1000000.0]"),
+    ],
+)
+def test_an_objective_or_device_limit_that_is_not_positive_is_refused(override: str, expected: str) -> None:
+    assert refusal([override]) == expected
+
+
+def test_the_mlperf_objectives_compose_from_the_slo_group() -> None:
+    _, cfg = compose_config(["slo=mlperf_llama3_1_8b_interactive"])
+    assert (cfg.slo.ttft_ms, cfg.slo.tpot_ms) == (500.0, 30.0)

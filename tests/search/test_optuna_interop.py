@@ -149,3 +149,27 @@ def test_importances_leave_out_repeats_and_count_measured_trials(tmp_path: Path)
     result = importances(study, settings, echo=printed.append)
     assert len(study.trials) > 4  # TPE asked for repeats of the 4 configurations
     assert result.n_trials == 4 and printed == ["lem: warning: parameter importances from 4 trials are unreliable (fewer than 10)"]
+
+
+def test_a_trial_with_no_good_token_is_pruned_not_failed_and_the_best_is_among_the_rest(tmp_path: Path) -> None:
+    """min J per good token: batch 8 meets no latency objective (J per good token null) and must
+    neither count as a failure towards max_failure_rate nor win."""
+    from optuna.trial import TrialState
+
+    from lem.search.settings import ATTR_ERROR, J_PER_GOOD_TOKEN, TrialOutcome
+    from lem.search.study import run_study
+
+    def launch(batch: list[tuple[int, list[str]]]) -> list[Any]:
+        out = []
+        for _, overrides in batch:
+            bs = int(next(o for o in overrides if o.startswith("batching.batch_size=")).split("=")[1])
+            out.append(TrialOutcome(metrics={J_PER_GOOD_TOKEN: None if bs == 8 else 1.0 / bs}))
+        return out
+
+    settings = _settings(tmp_path, directions=["minimize"], objectives=[J_PER_GOOD_TOKEN], limits={}, max_failure_rate=0.0)
+    sampler = {"_target_": "optuna.samplers.GridSampler", "seed": 0}
+    result = run_study(settings, _space(), {}, launch, sampler_cfg=sampler, echo=lambda _: None)
+    trials = {t.params["batching.batch_size"]: t for t in result.study.get_trials()}
+    assert result.stopped is None or "failed" not in result.stopped
+    assert trials[8].state == TrialState.PRUNED and "no request met the latency objectives" in trials[8].user_attrs[ATTR_ERROR]
+    assert result.study.best_trial.params["batching.batch_size"] == 4

@@ -180,7 +180,7 @@ def test_run_is_logged_with_params_metrics_tags_and_artifacts(logged_run: dict[s
         assert m[f"energy/phase/{phase}_j"] == pytest.approx(summary["phases"][phase]["energy_j"])
     assert m["energy/device/cpu/generation_j"] > 0  # per device (here the CPU; cuda_0, cuda_1... on GPUs)
     assert {k.split("/")[0] for k in m} <= {"headline", "run", "energy", "latency", "throughput", "flops", "memory", "tokens", "batching",
-                                            "time", "device", "system"}
+                                            "time", "device", "system", "request", "floor", "goodput"}
     assert all(k.endswith(("_ms_mean", "_ms_p50", "_ms_p90", "_ms_p99", "_ms_max")) for k in m if k.startswith("latency/"))
     assert all(k.endswith("_s") for k in m if k.startswith(("throughput/", "time/")))
     assert len([k for k in m if not k.startswith("system/")]) < 100  # was 137 on a CPU run

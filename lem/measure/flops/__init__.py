@@ -54,7 +54,8 @@ strategy used is ``source`` and every fallback's reason is in ``notes``.
 
 Modules: ``analytical`` (the per-forward cost from a config, or 2 × parameters),
 ``calflops_count`` (calflops in a subprocess: ``calflops_worker``), ``run`` (forwards composed
-into a run, ``count_run_flops``, ``flops_summary``). Light to import: torch, transformers and
+into a run, ``count_run_flops``, ``flops_summary``), ``model_bytes`` (parameters, weight bytes per forward
+and KV-cache bytes per token, recorded beside the count). Light to import: torch, transformers and
 calflops are imported only when a count needs them.
 """
 
@@ -73,6 +74,7 @@ from lem.measure.flops.calflops_count import (
     calflops_available,
     calflops_fit,
 )
+from lem.measure.flops.model_bytes import ModelBytes, bytes_per_element, model_bytes
 from lem.measure.flops.run import (
     FlopsBreakdown,
     RequestTokens,
@@ -84,8 +86,8 @@ from lem.measure.flops.run import (
 )
 
 __all__ = [
-    "CalflopsFit", "FlopsBreakdown", "FlopsUnavailable", "ForwardCost", "RequestTokens", "RunFlops",
-    "TransformerShape", "analytical_cost", "attention_pairs", "calflops_available", "calflops_fit",
-    "count_run_flops", "flops_summary", "generation_flops", "params_cost", "prefill_forward_flops",
+    "CalflopsFit", "FlopsBreakdown", "FlopsUnavailable", "ForwardCost", "ModelBytes", "RequestTokens", "RunFlops",
+    "TransformerShape", "analytical_cost", "attention_pairs", "bytes_per_element", "calflops_available", "calflops_fit",
+    "count_run_flops", "flops_summary", "generation_flops", "model_bytes", "params_cost", "prefill_forward_flops",
     "run_flops", "transformer_shape",
 ]

@@ -25,6 +25,7 @@ from lem.measure.flops.calflops_count import (
     STRUCTURE_TOLERANCE,
     calflops_fit,
 )
+from lem.measure.flops.model_bytes import model_bytes
 from lem.measure.gpu_peaks import devices_peak_flops_per_s, peak_flops_per_s
 from lem.records import FlopsRecord
 
@@ -147,6 +148,7 @@ def count_run_flops(
     tf32: bool = False,
     calflops_timeout_s: float = 300.0,
     device_names: Sequence[str] | None = None,
+    quantization: str | None = None,
 ) -> FlopsRecord:
     """FLOPs of a run's generation phase as a ``FlopsRecord`` (strategy used in ``source``, reasons in ``notes``).
 
@@ -157,18 +159,23 @@ def count_run_flops(
     ``device_names``/``dtype``: every GPU the engine computes on (``torch.cuda.get_device_name(i)``
     for each tensor/pipeline stage) and the compute dtype, for the peak FLOP/s stored beside the
     count: summed over the devices (None on CPU). ``device_name``: one GPU, the same as a list of one.
+    ``dtype`` and ``quantization`` (the engine's weight quantisation: int8, int4, fp8, awq, ...; None or
+    "none": none) also give the model's bytes (``n_params``, ``weight_bytes``, ``kv_cache_bytes_per_token``;
+    see ``lem.measure.flops.model_bytes``), recorded whatever the strategy.
     """
     name = str(getattr(strategy, "value", strategy))
     if name not in ("auto", "calflops", "analytical", "params", "off"):
         raise ValueError(f"flops.strategy={name}: expected one of auto, calflops, analytical, params, off")
     reqs = [_as_request(r) for r in requests]
-    device = _device_peaks(list(device_names) if device_names else ([device_name] if device_name else []), dtype, tf32)
-    if name == "off":
-        return FlopsRecord(strategy=name, notes=["flops.strategy=off: not counted"], **device)
+    common = _device_peaks(list(device_names) if device_names else ([device_name] if device_name else []), dtype, tf32)
     if config is None and model is not None:
         config = getattr(model, "config", None)
+    sizes = model_bytes(model, config, dtype, quantization=quantization)
+    common |= {"n_params": sizes.n_params, "weight_bytes": sizes.weight_bytes, "kv_cache_bytes_per_token": sizes.kv_cache_bytes_per_token}
+    if name == "off":
+        return FlopsRecord(strategy=name, notes=["flops.strategy=off: not counted", *sizes.notes], **common)
 
-    notes: list[str] = []
+    notes: list[str] = list(sizes.notes)
     analytical: ForwardCost | None = None
     shape: TransformerShape | None = None
     if config is not None and name in ("auto", "calflops", "analytical"):
@@ -212,7 +219,7 @@ def count_run_flops(
         except Exception as e:  # noqa: BLE001 - any failure here means: no count, say why
             notes.append(f"2x_params: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
     if chosen is None:
-        return FlopsRecord(strategy=name, notes=notes, **device)
+        return FlopsRecord(strategy=name, notes=notes, **common)
 
     if chosen.source == SOURCE_PARAMS:
         notes.append("2x_params: attention score/value matmuls not counted; embedding tables excluded")
@@ -230,7 +237,9 @@ def count_run_flops(
         strategy=name,
         calflops_vs_analytical=cross_check,
         notes=notes,
-        **device,
+        forward_cost={"per_token_flops": chosen.per_token_flops, "per_query_key_flops": chosen.per_query_key_flops,
+                      "per_logit_flops": chosen.per_logit_flops},
+        **common,
     )
 
 
