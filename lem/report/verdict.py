@@ -32,6 +32,7 @@ def row_from_summary(summary: Mapping[str, Any] | None, *, num: int | None, swep
     energy = summary.get("energy") or {}
     latency = summary.get("latency") or {}
     cycles = summary.get("cycles") or {}
+    goodput = summary.get("goodput") or {}
     if status is None:
         status = "completed" if summary and summary.get("status") in (None, "completed") else "failed"
     row = {
@@ -44,6 +45,8 @@ def row_from_summary(summary: Mapping[str, Any] | None, *, num: int | None, swep
         "net_j_per_token": energy.get("net_j_per_output_token"),
         "tokens_per_s": (summary.get("throughput") or {}).get("output_tokens_per_s"),
         "ttft_p99_ms": (latency.get("ttft_ms") or {}).get("p99"),
+        "j_per_good_token": goodput.get("j_per_good_output_token"),  # with slo.*: energy per token of requests that met it
+        "good_fraction": goodput.get("good_fraction"),
         "energy_source": energy.get("source"),
         "n_cycles": cycles.get("n_cycles") if isinstance(cycles, Mapping) else None,
         "run_id": None,
@@ -125,7 +128,15 @@ def headline_text(row: Mapping[str, Any]) -> str:
     """``0.123 J/token gross, 0.045 net (nvml) · 210 tok/s · TTFT p99 35.2 ms``"""
     source = row.get("energy_source") or "not measured"
     energy = f"{fmt_num(row.get('j_per_token'))} J/token gross, {fmt_num(row.get('net_j_per_token'))} net ({source})"
+    if row.get("good_fraction") is not None and row.get("j_per_good_token") is None:
+        energy += " · no request met the latency objectives"
+    elif row.get("good_fraction") is not None:
+        energy += f" · {fmt_num(row.get('j_per_good_token'))} J per good token ({_percent(row['good_fraction'])} of requests good)"
     return f"{energy} · {fmt_num(row.get('tokens_per_s'))} tok/s · TTFT p99 {fmt_num(row.get('ttft_p99_ms'))} ms"
+
+
+def _percent(fraction: Any) -> str:
+    return f"{100 * float(fraction):.0f} %" if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) else DASH
 
 
 def best_line(row: Mapping[str, Any] | None, *, what: str = "job", why: str = "least J/token") -> str:
@@ -215,11 +226,13 @@ def render_verdict(rows: Sequence[Mapping[str, Any]], *, title: str = "lem sweep
     names = short_keys(keys)
     sources = energy_sources(ordered)
     mixed = "estimated" in sources and len(sources) > 1
-    header = [what, *[names[k] for k in keys], j_header(ordered), "net J/tok", "tok/s", "TTFT p99 ms", "status", "Pareto"]
+    slo = any(r.get("good_fraction") is not None for r in ordered)  # latency objectives set: their figures beside
+    header = [what, *[names[k] for k in keys], j_header(ordered), "net J/tok", *(["J/good tok", "good"] if slo else []),
+              "tok/s", "TTFT p99 ms", "status", "Pareto"]
     body = [
         [r.get("label") or "?", *[str((r.get("swept") or {}).get(k, DASH)) for k in keys], _j_cell(r, mixed),
-         fmt_num(r.get("net_j_per_token")), fmt_num(r.get("tokens_per_s")), fmt_num(r.get("ttft_p99_ms")), status_text(r),
-         "*" if flag else ""]
+         fmt_num(r.get("net_j_per_token")), *([fmt_num(r.get("j_per_good_token")), _percent(r.get("good_fraction"))] if slo else []),
+         fmt_num(r.get("tokens_per_s")), fmt_num(r.get("ttft_p99_ms")), status_text(r), "*" if flag else ""]
         for r, flag in zip(ordered, flags)
     ]
     n_failed = sum(r.get("status") == "failed" for r in rows)

@@ -85,3 +85,20 @@ def test_no_energy_names_the_fastest_and_no_completed_job_names_none() -> None:
     failed = [job(0, "1", None, None, status="failed")]
     assert best_of(failed) is None and "best job: none" in render_verdict(failed)
     assert "best trial: none" in render_verdict(failed, best=None, what="trial")
+
+
+def test_with_latency_objectives_each_job_shows_j_per_good_token_and_the_share_good() -> None:
+    def with_slo(num: int, bs: str, j: float, good_j: float | None, good: float) -> dict[str, Any]:
+        s = {**summary(j, 50.0), "goodput": {"j_per_good_output_token": good_j, "good_fraction": good}}
+        return row_from_summary(s, num=num, swept={"batching.batch_size": bs})
+
+    text = render_verdict([with_slo(0, "16", 0.20, 0.80, 0.25), with_slo(1, "4", 0.30, 0.30, 1.0), with_slo(2, "64", 0.10, None, 0.0)])
+    lines = text.splitlines()
+    assert "J/good tok" in lines[1] and " good " in lines[1]
+    rows = {line.split()[0]: line.split() for line in lines if line.lstrip().startswith("#")}
+    assert rows["#0"][4:6] == ["0.800", "25"] and rows["#1"][4:6] == ["0.300", "100"]
+    assert rows["#2"][4:6] == ["—", "0"]  # no request good: no energy per good token, never 0
+    assert "no request met the latency objectives" in next(line for line in lines if line.startswith("best job"))  # least J/token
+    study_best = render_verdict([with_slo(1, "4", 0.30, 0.30, 1.0)], best=with_slo(1, "4", 0.30, 0.30, 1.0), why="minimize J/good token")
+    assert "(minimize J/good token)" in study_best and "0.300 J per good token (100 % of requests good)" in study_best
+    assert "J/good tok" not in render_verdict([job(0, "1", 0.5, 10.0)])  # no objectives: no such column
