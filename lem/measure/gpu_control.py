@@ -10,8 +10,8 @@ the limit (``nvmlDeviceSetPowerManagementLimit``, mW), locks the clocks
 range, no permission, not supported, no NVML) is one line naming the key and the value, raised
 with nothing changed: what was already set is put back first. ``GpuControl.restore`` sets the
 previous limit again and resets the locked clocks (NVML cannot read locked clocks, so they return
-to the driver's default), then deletes the markers. ``restore_orphans`` and ``restore_left_by``
-restore what a run that did not finish left behind.
+to the driver's default), then deletes the markers. ``lem.measure.gpu_restore`` restores what a
+run that did not finish left behind.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ from lem.measure.energy.gpu_mapping import (
     resolve_gpus,
     torch_cuda_uuids,
 )
-from lem.measure.gpu_restore import (  # noqa: F401 - restore_left_by and GpuControlRefused are part of this module's API
+from lem.measure.gpu_restore import (
     GpuControlRefused,
     nvml_reason,
     open_nvml,
-    restore_left_by,
     restore_one,
     restore_orphans,
     show,
@@ -43,7 +42,7 @@ from lem.measure.gpu_restore import (  # noqa: F401 - restore_left_by and GpuCon
 from lem.measure.gpu_state import (
     new_marker,
     pid_alive,
-    read_markers,
+    read_marker,
     remove_marker,
     write_marker,
 )
@@ -160,7 +159,7 @@ def _check(nvml: Any, t: GpuTarget, power_limit_w: float | None, clock_mhz: int 
     device, name, h = f"cuda:{t.cuda_index}", _name(nvml, t.handle), t.handle
     row = GpuControlDevice(device=device, uuid=t.uuid, name=name, power_limit_w=power_limit_w, locked_sm_clock_mhz=clock_mhz)
     gpu = _Gpu(t, row)
-    held = next((m for m in read_markers(folder) if m.uuid == t.uuid), None)
+    held = read_marker(t.uuid, folder)
     key, value = (POWER_KEY, power_limit_w) if power_limit_w is not None else (CLOCK_KEY, clock_mhz)
     if held is not None and held.pid != os.getpid() and pid_alive(held.pid):
         raise GpuControlRefused(

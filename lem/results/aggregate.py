@@ -20,6 +20,7 @@ from lem.results.energy import energy_section, utilisation_section
 from lem.results.latency import distribution, request_latencies
 from lem.results.phase_energy import energy_of
 from lem.results.reader import RawProcessRecords, clock_offsets
+from lem.results.steady_state import power_series
 from lem.results.token_ids import greedy_from_config, token_id_checks, token_id_warnings
 from lem.results.trust import trust_warnings
 from lem.results.warmup import warmup_section
@@ -32,11 +33,19 @@ RECOMMENDED_WINDOW_S = 20.0
 
 def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Aggregate every process's raw records of one run into the summary dict."""
+    return summarize_with_request_energy(processes, config)[0]
+
+
+def summarize_with_request_energy(
+    processes: list[RawProcessRecords], config: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary dict and, from the same split, each request's energy (``request_energy.jsonl``)."""
     if not processes:
         raise LemError("no process records to summarize")
     procs = sorted(processes, key=lambda p: p.process_index)
     warnings: list[str] = []
     requests = [r for p in procs for r in p.requests]
+    series = power_series(procs)  # every device's timeline, read once for every section that needs it
 
     run = _run_section(procs, requests, config, warnings)
     tokens = _tokens_section(requests)
@@ -44,14 +53,14 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
     throughput = _throughput_section(len(requests), tokens, window_s)
     latency = {metric: distribution(values) for metric, values in request_latencies(requests).items()}
     phases, phases_per_process = _phases_section(procs, warnings)
-    energy = energy_section(procs, phases, requests, tokens, clock_offsets(procs), warnings)
+    energy = energy_section(procs, phases, requests, tokens, clock_offsets(procs), warnings, series)
     flops = _flops_section(procs, tokens, window_s, warnings)
     memory = _memory_section(procs)
     batching = batching_section(procs)
     traffic = traffic_section(requests, config, procs)
     cycles = cycles_section(procs, warnings)
     warmup = warmup_section(procs, warnings)
-    beyond = attributed_sections(procs, config, requests, energy, flops, tokens, window_s, warnings)
+    beyond, request_energy = attributed_sections(procs, series, config, requests, energy, flops, tokens, window_s, warnings)
     tokens["token_ids"] = token_id_checks(requests, greedy=greedy_from_config(config))
     warnings.extend(token_id_warnings(tokens["token_ids"]))
 
@@ -68,7 +77,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
         warnings.append(f"{tokens['truncated_prompts']} of {n_prompts} prompts were cut to dataset.max_input_tokens")
     warnings.extend(trust_warnings(procs, config))  # a busy host, a batch size the prompts never filled
 
-    return {
+    summary = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "raw_schema_version": RAW_SCHEMA_VERSION,
         "status": run.pop("status"),  # headline: "completed" or "incomplete"
@@ -81,7 +90,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
         "phases_per_process": phases_per_process,
         "energy": energy,
         "warmup": warmup,
-        "utilisation": utilisation_section(procs),
+        "utilisation": utilisation_section(procs, series),
         "flops": flops,
         "memory": memory,
         "batching": batching,
@@ -91,6 +100,7 @@ def summarize(processes: list[RawProcessRecords], config: Mapping[str, Any] | No
         "warnings": warnings,
         "config": copy.deepcopy(dict(config)) if config is not None else None,
     }
+    return summary, request_energy
 
 
 # --- run and tokens ---------------------------------------------------------------------

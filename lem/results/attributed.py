@@ -12,13 +12,7 @@ from typing import Any
 from lem.results.goodput import goodput_section
 from lem.results.phase_energy import ESTIMATED_SOURCE
 from lem.results.reader import RawProcessRecords
-from lem.results.request_energy import (
-    RunAttribution,
-    attribute_run,
-    attribution_section,
-    request_rows,
-)
-from lem.results.steady_state import power_series
+from lem.results.request_energy import attribute_run, attribution_section, request_rows
 
 
 def run_energy_all_components_j(procs: list[RawProcessRecords]) -> float | None:
@@ -41,12 +35,9 @@ def pue_of(procs: list[RawProcessRecords]) -> float | None:
     return float(values[0]) if values else None
 
 
-def _attribution(procs: list[RawProcessRecords]) -> tuple[RunAttribution, float | None, float | None]:
-    return attribute_run(procs, power_series(procs)), run_energy_all_components_j(procs), pue_of(procs)
-
-
 def attributed_sections(
     procs: list[RawProcessRecords],
+    series: Mapping[tuple[int, str, str], Mapping[str, Any]],
     config: Mapping[str, Any] | None,
     requests: list[dict[str, Any]],
     energy: Mapping[str, Any],
@@ -54,11 +45,13 @@ def attributed_sections(
     tokens: Mapping[str, Any],
     window_s: float | None,
     warnings: list[str],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The summary's sections and each request's energy at every boundary (``request_energy.jsonl``), from one
+    split of the run (``series``: every device's timeline, ``lem.results.steady_state.power_series``)."""
     from lem.results.floor import floor_section
     from lem.results.gpu_control import gpu_control_section
 
-    att, run_j, pue = _attribution(procs)
+    att, run_j, pue = attribute_run(procs, series), run_energy_all_components_j(procs), pue_of(procs)
     section = attribution_section(att, run_j, pue, warnings)
     accel, idle = att.accel, att.accel_idle
     floor = floor_section(
@@ -68,15 +61,10 @@ def attributed_sections(
         accelerator_net_j=accel.total_j - idle.total_j if accel is not None and idle is not None else None,
         generation_wall_s=window_s,
     )
-    return {
+    sections = {
         "attribution": section,
         "goodput": goodput_section(requests, config, window_s, energy),
         "floor": floor,
-        "gpu_control": gpu_control_section(procs, warnings),
+        "gpu_control": gpu_control_section(procs, series, warnings),
     }
-
-
-def request_energy_rows(procs: list[RawProcessRecords]) -> list[dict[str, Any]]:
-    """Per request energy at each boundary (``request_energy.jsonl``), recomputed from the raw records."""
-    att, run_j, pue = _attribution(procs)
-    return request_rows(att, run_j, pue)
+    return sections, request_rows(att, run_j, pue)

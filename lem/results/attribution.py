@@ -134,6 +134,69 @@ def slice_edges(items: WorkItems, requests: Sequence[Mapping[str, Any]], window:
     return np.unique(np.clip(times, a, b))
 
 
+class SlicePlan:
+    """How the slices between ``edges`` divide among the items and requests: everything the split needs
+    that does not depend on the energy, computed once and applied to every device's energy (and idle)."""
+
+    def __init__(self, items: WorkItems, requests: Sequence[Mapping[str, Any]], edges: np.ndarray) -> None:
+        self.items, self.n_req, self.n_slices = items, len(requests), len(edges) - 1
+        if self.n_slices <= 0:
+            return
+        # Items: clip to the window; a point item (no span) takes the slice that ends at its time.
+        lo = np.searchsorted(edges, np.clip(items.start_s, edges[0], edges[-1]), side="left")
+        hi = np.searchsorted(edges, np.clip(items.end_s, edges[0], edges[-1]), side="left")
+        point = hi <= lo
+        self.lo = np.where(point, np.maximum(hi - 1, 0), lo)
+        self.hi = np.where(point, np.maximum(hi, 1), hi)
+        span_s = edges[self.hi] - edges[self.lo]
+        self.density = np.divide(items.weight, span_s, out=np.zeros_like(span_s), where=span_s > 0)  # work per second
+
+        # Total work per second in each slice (difference array).
+        work_rate = np.zeros(self.n_slices + 1)
+        np.add.at(work_rate, self.lo, self.density)
+        np.add.at(work_rate, self.hi, -self.density)
+        work_rate = np.cumsum(work_rate)[: self.n_slices]
+        active = np.zeros(self.n_slices + 1, dtype=np.int64)  # exact counts: which slices had any item at work
+        np.add.at(active, self.lo, 1)
+        np.add.at(active, self.hi, -1)
+        self.busy = (np.cumsum(active)[: self.n_slices] > 0) & (work_rate > 0)
+        self.dt = np.diff(edges)
+        self.work_j_denominator = work_rate * self.dt  # a slice's energy per unit of work = its energy / this
+        self.usable = self.busy & (self.dt > 0)
+
+        # Requests in the system (arrived, not yet finished) in each slice, for the idle slices.
+        self.arrive = np.searchsorted(edges, np.clip([float(r["arrival_s"]) for r in requests], edges[0], edges[-1]), side="left")
+        leave = np.searchsorted(edges, np.clip([float(r["end_s"]) for r in requests], edges[0], edges[-1]), side="left")
+        self.leave = np.maximum(leave, self.arrive)
+        present = np.zeros(self.n_slices + 1)
+        np.add.at(present, self.arrive, 1.0)
+        np.add.at(present, leave, -1.0)
+        self.present = np.cumsum(present)[: self.n_slices]
+        idle = ~self.busy
+        self.shared = idle & (self.present > 0.5)
+        self.unattributed = idle & (self.present <= 0.5)
+
+    def split(self, slice_energy_j: np.ndarray) -> Split:
+        """Split ``slice_energy_j`` (one value per slice) among the requests."""
+        zeros = np.zeros(self.n_req)
+        if self.n_slices <= 0:
+            return Split(zeros, zeros.copy(), zeros.copy(), 0.0, 0.0)
+        energy = np.asarray(slice_energy_j, dtype=float)
+        items = self.items
+        per_work = np.divide(energy, self.work_j_denominator, out=np.zeros(self.n_slices), where=self.usable)
+        prefix = np.concatenate([[0.0], np.cumsum(per_work * self.dt)])
+        item_j = self.density * (prefix[self.hi] - prefix[self.lo])
+        prefill = np.bincount(items.request[items.kind == PREFILL], item_j[items.kind == PREFILL], minlength=self.n_req)
+        decode = np.bincount(items.request[items.kind == DECODE], item_j[items.kind == DECODE], minlength=self.n_req)
+
+        # Idle slices: equal shares among the requests in the system.
+        share = np.divide(energy, self.present, out=np.zeros(self.n_slices), where=self.shared)
+        share_prefix = np.concatenate([[0.0], np.cumsum(share)])
+        waiting = share_prefix[self.leave] - share_prefix[self.arrive]
+        unattributed = float(energy[self.unattributed].sum())
+        return Split(prefill, decode, waiting, unattributed, float(energy.sum()))
+
+
 def split_energy(
     items: WorkItems,
     requests: Sequence[Mapping[str, Any]],
@@ -141,50 +204,7 @@ def split_energy(
     slice_energy_j: np.ndarray,
 ) -> Split:
     """Split ``slice_energy_j`` (one value per slice between consecutive ``edges``) among the requests."""
-    n_req, n_slices = len(requests), len(edges) - 1
-    zeros = np.zeros(n_req)
-    if n_slices <= 0:
-        return Split(zeros, zeros.copy(), zeros.copy(), 0.0, 0.0)
-    energy = np.asarray(slice_energy_j, dtype=float)
-
-    # Items: clip to the window; a point item (no span) takes the slice that ends at its time.
-    lo = np.searchsorted(edges, np.clip(items.start_s, edges[0], edges[-1]), side="left")
-    hi = np.searchsorted(edges, np.clip(items.end_s, edges[0], edges[-1]), side="left")
-    point = hi <= lo
-    lo = np.where(point, np.maximum(hi - 1, 0), lo)
-    hi = np.where(point, np.maximum(hi, 1), hi)
-    span_s = edges[hi] - edges[lo]
-    density = np.divide(items.weight, span_s, out=np.zeros_like(span_s), where=span_s > 0)  # work per second
-
-    # Total work per second in each slice (difference array), then each slice's energy per unit of it.
-    work_rate = np.zeros(n_slices + 1)
-    np.add.at(work_rate, lo, density)
-    np.add.at(work_rate, hi, -density)
-    work_rate = np.cumsum(work_rate)[:n_slices]
-    active = np.zeros(n_slices + 1, dtype=np.int64)  # exact counts: which slices had any item at work
-    np.add.at(active, lo, 1)
-    np.add.at(active, hi, -1)
-    busy = (np.cumsum(active)[:n_slices] > 0) & (work_rate > 0)
-    dt = np.diff(edges)
-    per_work = np.divide(energy, work_rate * dt, out=np.zeros(n_slices), where=busy & (dt > 0))
-    prefix = np.concatenate([[0.0], np.cumsum(per_work * dt)])
-    item_j = density * (prefix[hi] - prefix[lo])
-    prefill = np.bincount(items.request[items.kind == PREFILL], item_j[items.kind == PREFILL], minlength=n_req)
-    decode = np.bincount(items.request[items.kind == DECODE], item_j[items.kind == DECODE], minlength=n_req)
-
-    # Idle slices: equal shares among the requests in the system (arrived, not yet finished).
-    arrive = np.searchsorted(edges, np.clip([float(r["arrival_s"]) for r in requests], edges[0], edges[-1]), side="left")
-    leave = np.searchsorted(edges, np.clip([float(r["end_s"]) for r in requests], edges[0], edges[-1]), side="left")
-    present = np.zeros(n_slices + 1)
-    np.add.at(present, arrive, 1.0)
-    np.add.at(present, leave, -1.0)
-    present = np.cumsum(present)[:n_slices]
-    idle = ~busy
-    share = np.divide(energy, present, out=np.zeros(n_slices), where=idle & (present > 0.5))
-    share_prefix = np.concatenate([[0.0], np.cumsum(share)])
-    waiting = share_prefix[np.maximum(leave, arrive)] - share_prefix[arrive]
-    unattributed = float(energy[idle & (present <= 0.5)].sum())
-    return Split(prefill, decode, waiting, unattributed, float(energy.sum()))
+    return SlicePlan(items, requests, edges).split(slice_energy_j)
 
 
 def decode_batch_sizes(items: WorkItems) -> np.ndarray:

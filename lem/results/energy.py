@@ -17,7 +17,7 @@ from lem.records import THROTTLING
 from lem.results.carbon import co2_section
 from lem.results.phase_energy import ESTIMATED_SOURCE, MEASURED_SOURCES, energy_of, per
 from lem.results.reader import RawProcessRecords
-from lem.results.steady_state import power_series, steady_state_all_cycles
+from lem.results.steady_state import steady_state_all_cycles
 
 PHASE_SUM_TOLERANCE = 0.005  # phases must add up to the run window within 0.5 %
 
@@ -29,6 +29,7 @@ def energy_section(
     tokens: dict[str, Any],
     offsets: Mapping[int, float],
     warnings: list[str],
+    series: Mapping[tuple[int, str, str], dict[str, Any]],
 ) -> dict[str, Any]:
     """Headline energy of the measured generation phase, per token, request and second, plus run-level checks.
 
@@ -64,7 +65,6 @@ def energy_section(
             text = w if len(procs) == 1 else f"process {i}: {w}"
             if text not in warnings:
                 warnings.append(text)
-    series = power_series(procs)
     net = gen.get("net_energy_j")
     net_sigma = gen.get("net_energy_uncertainty_j")
     _net_warnings(gen, warnings)
@@ -258,12 +258,12 @@ def _sampler_cpu_pct(meters: dict[int, dict[str, Any]]) -> float | None:
 # --- GPU utilisation over the power timeline --------------------------------------------------
 
 
-def utilisation_section(procs: list[RawProcessRecords]) -> dict[str, Any]:
+def utilisation_section(procs: list[RawProcessRecords], series: Mapping[tuple[int, str, str], dict[str, Any]]) -> dict[str, Any]:
     """GPU telemetry over each process's generation phase: utilisation, clocks, temperature, power, throttling."""
     from lem.measure.energy.nvml import reason_names
 
     devices = []
-    for (_, device, component), s in power_series(procs).items():
+    for (_, device, component), s in series.items():
         p = s["process"]
         gens = [ph for ph in p.phases if ph.get("name") == "generation"]
         if not gens or not any(r["sm_util_pct"] is not None or r["temp_c"] is not None for r in s["rows"]):

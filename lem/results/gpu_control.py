@@ -8,25 +8,26 @@ is compared with the SM clock sampled during generation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from statistics import fmean
 from typing import Any
 
 from lem.results.reader import RawProcessRecords
-from lem.results.steady_state import power_series
 
 CAP_REACHED_FRACTION = 0.97  # generation power within 3 % of the enforced limit: the cap was reached
 SW_POWER_CAP_BIT = 0x4  # NVML clock-event reason sw_power_cap (lem.measure.energy.nvml.THROTTLE_REASONS)
 CLOCK_TOLERANCE = 0.05  # mean generation SM clock this far from the locked clock is worth a warning
 
 
-def gpu_control_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[str, Any] | None:
+def gpu_control_section(
+    procs: list[RawProcessRecords], series: Mapping[tuple[int, str, str], dict[str, Any]], warnings: list[str]
+) -> dict[str, Any] | None:
     """Per GPU: what was requested, in force before, enforced, read back and restored, with generation's power
     and clocks beside it; None when the run set no GPU setting (no ``gpu_control`` record). Appends a warning
     where the cap never bound, a locked clock did not hold, or a GPU was left unrestored."""
     found = [(p, p.others("gpu_control")[-1]) for p in procs if p.others("gpu_control")]  # the last record: after restore
     if not found:
         return None
-    series = power_series(procs)
     devices = [_device_row(p, d, series) for p, rec in found for d in rec.get("devices") or []]
     first = found[0][1]
     power_limit_w, clock_mhz = first.get("power_limit_w"), first.get("locked_sm_clock_mhz")
@@ -47,7 +48,7 @@ def gpu_control_section(procs: list[RawProcessRecords], warnings: list[str]) -> 
     }
 
 
-def _device_row(p: RawProcessRecords, d: dict[str, Any], series: dict[tuple[int, str, str], dict[str, Any]]) -> dict[str, Any]:
+def _device_row(p: RawProcessRecords, d: dict[str, Any], series: Mapping[tuple[int, str, str], dict[str, Any]]) -> dict[str, Any]:
     device = str(d.get("device"))
     windows = [(float(ph["start_s"]), float(ph["end_s"])) for ph in p.phases if ph.get("name") == "generation"]
     s = series.get((id(p), device, "gpu"))

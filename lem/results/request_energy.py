@@ -27,11 +27,11 @@ import numpy as np
 from lem.results.attribution import (
     DECODE,
     PREFILL,
+    SlicePlan,
     Split,
     WorkItems,
     decode_batch_sizes,
     slice_edges,
-    split_energy,
     work_items,
 )
 from lem.results.latency import distribution
@@ -131,6 +131,7 @@ def attribute_run(procs: list[RawProcessRecords], series: Mapping[tuple[int, str
                 continue
             items = work_items(reqs, cost)
             edges = slice_edges(items, reqs, (float(ph["start_s"]), float(ph["end_s"])))
+            plan = SlicePlan(items, reqs, edges)  # one plan for every device's energy and the idle baseline
             out.weighting.add(items.weighting)
             _step_shapes(out, items, reqs)
             gross = accel = idle = None
@@ -145,7 +146,7 @@ def attribute_run(procs: list[RawProcessRecords], series: Mapping[tuple[int, str
                     continue
                 energy, shape = _slice_energy(r, series.get((id(p), str(r["device"]), component)), edges)
                 out.shapes.add(shape)
-                split = split_energy(items, reqs, edges, energy)
+                split = plan.split(energy)
                 gross = _add(gross, split)
                 role = "accelerator" if component == ("gpu" if has_gpu else "cpu") or only_system else "host"
                 out.components[role].add(component)
@@ -155,7 +156,7 @@ def attribute_run(procs: list[RawProcessRecords], series: Mapping[tuple[int, str
                     if r.get("idle_power_w") is None:
                         idle_known = False
                     else:
-                        idle = _add(idle, split_energy(items, reqs, edges, np.diff(edges) * float(r["idle_power_w"])))
+                        idle = _add(idle, plan.split(np.diff(edges) * float(r["idle_power_w"])))
             if not complete:
                 gross = accel = idle = None
             blocks.append((gross, accel, idle if idle_known else None, len(reqs)))

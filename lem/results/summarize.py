@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lem.errors import LemError
-from lem.results.aggregate import summarize
-from lem.results.attributed import request_energy_rows
+from lem.results.aggregate import summarize, summarize_with_request_energy
 from lem.results.reader import read_run
 from lem.results.writer import write_json_atomic, write_jsonl_atomic
 
@@ -60,9 +59,8 @@ def compute_summary(run_dir: str | os.PathLike[str], config: Mapping[str, Any] |
 
 def write_summary(run_dir: str | os.PathLike[str], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Recompute ``<run_dir>/summary.json`` and ``request_energy.jsonl`` from the raw records (atomically) and return the summary."""
-    processes = read_run(run_dir)
-    summary = summarize(processes, dict(config) if config is not None else load_config(run_dir))
-    write_jsonl_atomic(Path(run_dir) / REQUEST_ENERGY_FILE, request_energy_rows(processes))
+    summary, request_energy = summarize_with_request_energy(read_run(run_dir), dict(config) if config is not None else load_config(run_dir))
+    write_jsonl_atomic(Path(run_dir) / REQUEST_ENERGY_FILE, request_energy)
     write_json_atomic(Path(run_dir) / SUMMARY_FILE, summary)
     return summary
 

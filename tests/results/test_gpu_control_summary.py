@@ -16,9 +16,14 @@ from lem.records import (
     PhaseRecord,
     PowerSamplesRecord,
 )
-from lem.results.gpu_control import gpu_control_section
+from lem.results.gpu_control import gpu_control_section as section_from_series
 from lem.results.reader import RawProcessRecords, read_run
+from lem.results.steady_state import power_series
 from lem.results.writer import RawWriter, raw_path
+
+
+def gpu_control_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict | None:
+    return section_from_series(procs, power_series(procs), warnings)
 
 
 def device(power_limit_w: float | None = 400.0, clock_mhz: int | None = None, restored: bool = True, **kw: Any) -> GpuControlDevice:
