@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lem import __version__
-from lem.backends.base import unload_quietly
-from lem.backends.registry import create_engine, effective_batching
+from lem.backends.base import keep_artefacts, unload_quietly
+from lem.backends.registry import ENGINES, create_engine, effective_batching
 from lem.config.rules import resolve_device
 from lem.config.schema import EnergyConfig, LemConfig
 from lem.config.types import DatasetSource, Device, ReportFormat, ShardingStrategy
@@ -60,6 +60,9 @@ def measured_cuda_indices(cfg: LemConfig, local_rank: int = 0) -> list[int]:
     if resolve_device(cfg.backend.device) is not Device.cuda:
         return []
     name = cfg.backend.name.value
+    engine = ENGINES[name]
+    if engine.cuda_indices is not None:  # the engine says which GPUs it computes on (a server: backend.openai.num_gpus)
+        return engine.cuda_indices(cfg)
     if self_parallel(name):  # one lem process; the engine's own workers use GPUs 0 .. tp*pp-1
         tp, pp = engine_parallel_sizes(cfg.sharding, getattr(cfg.backend, name), name)
         return list(range(tp * pp))
@@ -277,7 +280,9 @@ def _run_phases(
         progress.phase("counting FLOPs", cfg.flops.strategy.value)
         writer.write(_count_flops(cfg, backend, description, records))
         writer.write(_end_record(clock.now_s(), cpu_start, cpu_end))
+        keep_artefacts(backend, run_dir)
     except BaseException:
+        keep_artefacts(backend, run_dir)  # a launched server's log says why it failed
         unload_quietly(backend)  # a failed job may leave the engine in a bad state: never lend it again
         raise
     finally:

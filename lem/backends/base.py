@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Protocol, Sequence
 
 from lem.errors import LemError
@@ -43,6 +44,11 @@ class Engine:
     # The engine starts its own GPU workers for tensor/pipeline parallelism (vLLM, TensorRT-LLM):
     # lem runs it as one process whose meter watches every GPU, not one process per rank.
     self_parallel: bool = False
+    # More ``backend=<name>`` options of Hydra's backend group: name -> overlay of the backend node
+    # (e.g. backend=vllm_server sets backend.name=openai, backend.openai.preset=vllm, launch=true).
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The CUDA devices a run's meter watches, when the engine decides (None: lem's rule in lem.pipeline).
+    cuda_indices: Callable[[Any], list[int]] | None = None
 
     def adapter_class(self) -> type:
         module, _, cls = self.adapter.partition(":")
@@ -61,6 +67,7 @@ class EngineSpec:
     max_input_tokens: int  # dataset.max_input_tokens: the longest prompt lem will send
     max_output_tokens: int  # dataset.max_output_tokens
     seed: int  # run.seed
+    backend_config: Any = None  # cfg.backend, every engine's options: a server is launched with an embedded engine's settings
 
     @classmethod
     def of(cls, cfg: LemConfig) -> EngineSpec:
@@ -73,6 +80,7 @@ class EngineSpec:
             max_input_tokens=cfg.dataset.max_input_tokens,
             max_output_tokens=cfg.dataset.max_output_tokens,
             seed=cfg.run.seed,
+            backend_config=cfg.backend,
         )
 
 
@@ -199,3 +207,15 @@ def unload_quietly(backend: Backend | None) -> None:
         backend.unload()
     except Exception:  # noqa: BLE001
         pass
+
+
+def keep_artefacts(backend: Backend | None, run_dir: Path) -> None:
+    """Copy the files an engine keeps beside its run (its optional ``artefacts()``: a launched server's log)
+    into the run folder, where they are logged with the run."""
+    import shutil
+
+    for name, path in (getattr(backend, "artefacts", lambda: {})() if backend is not None else {}).items():
+        try:
+            shutil.copyfile(path, run_dir / name)
+        except OSError:
+            pass  # a missing log must not hide the job's own outcome

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from lem.backends.base import Backend
     from lem.config.schema import BatchingConfig, LemConfig
 
-ENGINE_NAMES = ("pytorch", "vllm", "tensorrt", "llama_cpp")  # backend=<name>; the first is the default
+ENGINE_NAMES = ("pytorch", "vllm", "tensorrt", "llama_cpp", "openai")  # backend=<name>; the first is the default
 
 
 ENGINES: dict[str, Engine] = {name: importlib.import_module(f"lem.backends.{name}.config").ENGINE for name in ENGINE_NAMES}

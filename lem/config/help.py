@@ -14,14 +14,16 @@ LAUNCHERS_FROM_PLUGINS = ("basic", "joblib", "submitit_local", "submitit_slurm")
 
 
 def group_options(conf_dir: Path) -> dict[str, list[str]]:
-    """Every group's options: the YAML files of ``conf/<group>/``, and for ``backend`` the registered engines."""
+    """Every group's options: the YAML files of ``conf/<group>/``, and for ``backend`` the registered engines and their presets."""
     from lem.backends.registry import ENGINES
+
+    backends = {name for name, engine in ENGINES.items() for name in (name, *engine.presets)}
 
     folders = {p.name for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra"} | {"backend"}
     groups: dict[str, list[str]] = {}
     for name in sorted(folders):
         options = {f.stem for f in (conf_dir / name).glob("*.yaml")}
-        groups[name] = sorted(options | set(ENGINES) if name == "backend" else options)
+        groups[name] = sorted(options | backends if name == "backend" else options)
     launchers = conf_dir / "hydra" / "launcher"
     if launchers.is_dir():
         groups["hydra/launcher"] = sorted({f.stem for f in launchers.glob("*.yaml")} | set(LAUNCHERS_FROM_PLUGINS))

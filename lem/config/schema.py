@@ -268,8 +268,10 @@ def register_schema() -> None:
     register_resolvers()
     store = ConfigStore.instance()
     store.store(name="lem_schema", node=LemConfig)
-    for name in ENGINES:
+    for name, engine in ENGINES.items():
         store.store(group="backend", name=name, node={"name": name})
+        for preset, node in engine.presets.items():  # e.g. backend=vllm_server: backend=openai with a preset
+            store.store(group="backend", name=preset, node=node)
 
 
 def to_dataclass(cfg: Any) -> LemConfig:

@@ -45,7 +45,7 @@ def run_copy(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_a_new_engine_folder_and_registry_line_make_a_backend_option(lem_with_echo: Path) -> None:
     listed = run_copy(lem_with_echo, "--help", "backend=echo")
     assert listed.returncode == 0, listed.stderr
-    assert "backend: echo, llama_cpp, pytorch, tensorrt, vllm" in listed.stdout
+    assert "backend: echo, llama_cpp, llamacpp_server, openai, pytorch, sglang_server, tensorrt, trtllm_server, vllm, vllm_server" in listed.stdout
     assert "delay_ms: 0.0" in listed.stdout  # its knobs are in the composed config
     refused = run_copy(lem_with_echo, "backend=echo", "backend.echo.delay_ms=-1")
     assert refused.returncode == 2

@@ -16,7 +16,7 @@ from lem.errors import LemError
 # (overrides, the text the one-line error must contain)
 BAD_CONFIGS: list[tuple[list[str], str]] = [
     (["batching=foo"], "batching=foo: expected one of auto, continuous, dynamic, sorted_dynamic, sorted_static, static"),
-    (["backend=tensorflow"], "backend=tensorflow: expected one of llama_cpp, pytorch, tensorrt, vllm"),
+    (["backend=tensorflow"], "backend=tensorflow: expected one of llama_cpp, llamacpp_server, openai, pytorch, sglang_server, tensorrt, trtllm_server, vllm, vllm_server"),
     (["batching.foo=1"], "batching.foo=1: unknown key; batching has: strategy, batch_size"),
     (["+batching.foo=1"], "batching.foo=1: unknown key"),
     (["foo=bar"], "foo=bar: unknown key"),

@@ -1,0 +1,1 @@
+"""backend=openai: any OpenAI-compatible server, running or launched by lem."""
