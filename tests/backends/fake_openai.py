@@ -29,6 +29,7 @@ class Behaviour:
     stream: bool = True  # False: answer one JSON body even when asked to stream
     status: int = 200
     serialise: bool = False  # one request at a time (like llama.cpp's server)
+    api_key: str | None = None  # every request must carry "Authorization: Bearer <api_key>"
     bodies: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -45,7 +46,16 @@ class FakeOpenAI:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def _authorised(self) -> bool:
+                key = fake.behaviour.api_key
+                if key is None or self.headers.get("Authorization") == f"Bearer {key}":
+                    return True
+                self._json(401, {"error": {"message": "Invalid API key", "code": 401}})
+                return False
+
             def do_GET(self) -> None:
+                if not self._authorised():
+                    return
                 if self.path.rstrip("/") == "/v1/models":
                     self._json(200, {"object": "list", "data": [{"id": fake.behaviour.model, "object": "model"}]})
                 elif self.path == "/version":
@@ -55,6 +65,8 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+                if not self._authorised():
+                    return
                 if self.path == "/tokenize":
                     prompt = body["prompt"]
                     self._json(200, {"tokens": fake.tokenizer(prompt, add_special_tokens=False)["input_ids"]})

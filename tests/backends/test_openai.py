@@ -6,6 +6,7 @@ Real servers (llama.cpp's, vLLM's) launched by lem: tests/backends/test_openai_s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -233,16 +234,26 @@ def run_lem(args: list[str], cwd: Path, timeout_s: float = 300) -> subprocess.Co
 
 
 def test_a_running_server_is_measured_end_to_end(tiny_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
-    behaviour = Behaviour(tokens_per_chunk=2, token_delay_s=0.005)
+    secret = "sk-lem-test-not-for-logs"
+    behaviour = Behaviour(tokens_per_chunk=2, token_delay_s=0.005, api_key=secret)
     run_dir = tmp_path / "run"
+    db = tmp_path / "mlflow.db"
     with FakeOpenAI(tokenizer, behaviour) as fake:
-        result = run_lem(
-            ["backend=openai", f"backend.openai.base_url={fake.base_url}", "backend.openai.preset=vllm", f"model.name_or_path={tiny_dir}",
-             "dataset.n_prompts=6", "dataset.max_output_tokens=5", "energy.idle_baseline_s=0", "batching.batch_size=3",
-             f"hydra.run.dir={run_dir}", "tracking.enabled=false"],
-            cwd=tmp_path,
-        )
+        args = ["backend=openai", f"backend.openai.base_url={fake.base_url}", "backend.openai.preset=vllm", f"model.name_or_path={tiny_dir}",
+                "dataset.n_prompts=6", "dataset.max_output_tokens=5", "energy.idle_baseline_s=0", "batching.batch_size=3",
+                f"hydra.run.dir={run_dir}", f"tracking.tracking_uri=sqlite:///{db}"]
+        refused = run_lem([*args, "backend.openai.api_key_env=LEM_TEST_API_KEY"], cwd=tmp_path)
+        os.environ["LEM_TEST_API_KEY"] = secret
+        try:
+            result = run_lem([*args, "backend.openai.api_key_env=LEM_TEST_API_KEY"], cwd=tmp_path)
+        finally:
+            del os.environ["LEM_TEST_API_KEY"]
+    assert refused.returncode == 2 and "backend.openai.api_key_env=LEM_TEST_API_KEY: expected the name of an environment variable that is set" in refused.stderr
     assert result.returncode == 0, result.stderr[-3000:]
+    # The key went to the server and nowhere else: not the run folder, not the tracking store.
+    for path in [*run_dir.rglob("*"), db]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
     lines = [json.loads(line) for line in (run_dir / "raw" / "process-0.jsonl").read_text().splitlines()]
     header = lines[0]
     assert header["engine"] == "openai" and header["engine_version"] == "vLLM's OpenAI server 9.9.9-fake"
@@ -270,3 +281,73 @@ def test_backend_presets_are_options_of_the_backend_group(tmp_path: Path) -> Non
     result = run_lem(["backend=llamacpp_server", "--cfg", "job", "--package", "backend"], cwd=tmp_path, timeout_s=120)
     assert result.returncode == 0, result.stderr
     assert "name: openai" in result.stdout and "preset: llamacpp" in result.stdout and "launch: true" in result.stdout
+
+
+# -- presets: request fields and launch commands --------------------------------------------------------
+
+
+def test_each_preset_maps_lem_s_decoding_to_its_server_s_fields() -> None:
+    from lem.backends.openai.presets import PRESETS
+
+    sampled = GenerationParams(max_output_tokens=16, min_output_tokens=2, do_sample=True, temperature=0.7, top_p=0.9, top_k=0, repetition_penalty=1.1, seed=5)
+    eos = frozenset({2, 7})
+    vllm = PRESETS[ServerKind.vllm].fields(sampled, eos, True)
+    assert vllm == {"max_tokens": 16, "temperature": 0.7, "top_p": 0.9, "min_tokens": 2, "ignore_eos": False, "repetition_penalty": 1.1,
+                    "top_k": -1, "stop_token_ids": [2, 7], "return_token_ids": True}
+    trtllm = PRESETS[ServerKind.trtllm].fields(sampled, eos, True)
+    assert "return_token_ids" not in trtllm and trtllm["top_k"] == 0  # TensorRT-LLM refuses unknown fields; 0 is its "off"
+    fixed_length = GenerationParams(max_output_tokens=16, ignore_eos=True)
+    llama = PRESETS[ServerKind.llamacpp].fields(fixed_length, eos, False)
+    assert llama["min_tokens"] == 16 and llama["temperature"] == 0.0 and llama["min_p"] == 0.0 and llama["typical_p"] == 1.0
+    assert "stop_token_ids" not in PRESETS[ServerKind.vllm].fields(fixed_length, eos, True)  # ignore_eos: no stop ids
+    assert PRESETS[ServerKind.generic].fields(sampled, eos, False) == {"max_tokens": 16, "temperature": 0.7, "top_p": 0.9, "seed": 5}
+
+
+def test_launch_commands_carry_the_embedded_engines_settings(tiny_dir: Path) -> None:
+    from lem.backends.openai.presets import PRESETS, Launch, cli_flags
+
+    assert cli_flags({"a_b": True, "c": False, "d": [1, 2], "e": {"k": 1}, "f": None, "g": 3}) == [
+        "--a-b", "--no-c", "--d", "1", "2", "--e", '{"k": 1}', "--g", "3"]
+    cfg = openai_cfg(tiny_dir, None, preset=ServerKind.sglang, max_input_tokens=100, max_output_tokens=20)
+    at = Launch("127.0.0.1", 9999, "served", str(tiny_dir), "/py")
+    sglang, _ = PRESETS[ServerKind.sglang].command(EngineSpec.of(cfg), at)
+    assert sglang[:3] == ["/py", "-m", "sglang.launch_server"] and "--disable-radix-cache" in sglang
+    assert sglang[sglang.index("--context-length") + 1] == "120" and sglang[sglang.index("--port") + 1] == "9999"
+    trtllm, _ = PRESETS[ServerKind.trtllm].command(EngineSpec.of(cfg), at)
+    options = Path(trtllm[trtllm.index("--extra_llm_api_options") + 1])
+    assert json.loads(options.read_text()) == {"kv_cache_config": {"enable_block_reuse": False}}
+    options.unlink()
+    cfg.backend.llama_cpp.n_threads = 2
+    llama, _ = PRESETS[ServerKind.llamacpp].command(EngineSpec.of(cfg), at)
+    assert llama[llama.index("--n_ctx") + 1] == "120" and llama[llama.index("--n_threads") + 1] == "2"
+    assert llama[llama.index("--logits_all") + 1] == "False" and llama[llama.index("--interrupt_requests") + 1] == "False"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed (make vllm)")
+def test_the_vllm_server_gets_the_engine_arguments_of_backend_vllm(tiny_dir: Path) -> None:
+    from lem.backends.openai.presets import PRESETS, Launch
+    from lem.backends.vllm.config import installed_vllm_build
+
+    cfg = openai_cfg(tiny_dir, None, max_input_tokens=100, max_output_tokens=20)
+    cfg.backend.vllm.cpu_kvcache_space_gib = 2
+    command, env = PRESETS[ServerKind.vllm].command(EngineSpec.of(cfg), Launch("127.0.0.1", 9999, "served", str(tiny_dir), "/py"))
+    assert command[:3] == ["/py", "-m", "vllm.entrypoints.openai.api_server"] and "--no-enable-prefix-caching" in command
+    assert command[command.index("--max-model-len") + 1] == "120" and command[command.index("--seed") + 1] == "0"
+    assert command[command.index("--served-model-name") + 1] == "served" and "--generation-config" in command
+    assert command[command.index("--logits-processors") + 1] == "lem.backends.vllm.eos_exempt:EosExemptRepetitionPenalty"
+    if installed_vllm_build() == "cpu":
+        assert "--enforce-eager" in command and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+def test_a_server_that_does_not_stream_fails_in_warmup_with_one_line(tiny_dir: Path, tokenizer: Any, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with FakeOpenAI(tokenizer, Behaviour(stream=False)) as fake:
+        result = run_lem(["backend=openai", f"backend.openai.base_url={fake.base_url}", "backend.openai.preset=vllm", f"model.name_or_path={tiny_dir}",
+                          "dataset.n_prompts=2", "batching.batch_size=2", "dataset.max_output_tokens=3", "energy.idle_baseline_s=0", f"hydra.run.dir={run_dir}",
+                          "tracking.enabled=false"],
+                         cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
+    assert "did not stream (Content-Type: application/json): lem needs stream=true answered as server-sent events" in result.stderr
+    raw = run_dir / "raw" / "process-0.jsonl"
+    phases = [json.loads(line)["name"] for line in raw.read_text().splitlines() if json.loads(line)["kind"] == "phase"] if raw.exists() else []
+    assert "generation" not in phases  # found in warmup, before anything was measured

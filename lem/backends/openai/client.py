@@ -87,6 +87,14 @@ class StreamingClient:
         future = asyncio.run_coroutine_threadsafe(self._stream(request_id, body), self._loop)
         self._futures[request_id] = future
 
+    def drain(self) -> None:
+        """Drop answers left from an earlier, abandoned serve (none after a clean one)."""
+        while True:
+            try:
+                self.done.get_nowait()
+            except queue.Empty:
+                return
+
     def forget(self, request_id: int) -> None:
         self._futures.pop(request_id, None)
 
@@ -134,7 +142,7 @@ class StreamingClient:
         except asyncio.CancelledError:
             raise
         except httpx.TimeoutException:
-            out.error = ServerAnswered(f"request {request_id} to {self.completions_url} took longer than backend.openai.request_timeout_s={self._timeout_s:g}")
+            out.error = ServerAnswered(f"request {request_id} to {self.completions_url} got no answer for backend.openai.request_timeout_s={self._timeout_s:g} s")
         except httpx.HTTPError as e:
             out.error = ServerAnswered(f"request {request_id} to {self.completions_url} failed: {type(e).__name__}: {e}")
         except (ValueError, KeyError, TypeError) as e:

@@ -57,7 +57,7 @@ class OpenAIConfig:
     server_env: dict[str, str] = field(default_factory=dict)  # extra environment of the launched server
     port: int | None = None  # the launched server's port; None: a free one
     startup_timeout_s: float = 600.0  # a launched server must answer GET /models within this
-    request_timeout_s: float = 600.0  # one request may take at most this long (connect, queue and stream)
+    request_timeout_s: float = 600.0  # the longest lem waits for a connection or for a request's next chunk (its queueing included)
     prompt_format: PromptFormat = PromptFormat.auto
     output_tokens: OutputTokens = OutputTokens.auto
     num_gpus: int = 1  # GPUs the server computes on (CUDA_VISIBLE_DEVICES order): the meter watches 0 .. num_gpus-1

@@ -106,7 +106,10 @@ class OpenAIBackend(LoadedTokenizer):
         if port_in_use(HOST, port):
             raise ConfigError("backend.openai.port", port, f"a free port (something already listens on {HOST}:{port})")
         self._base_url = f"http://{HOST}:{port}/v1"
-        self._served_model = o.model or self.spec.model.name_or_path
+        from pathlib import Path
+
+        default_name = Path(self._model_path).name if self.preset.served_name_is_directory and o.server_command is None else self.spec.model.name_or_path
+        self._served_model = o.model or default_name
         at = Launch(HOST, port, self._served_model, self._model_path, sys.executable)
         command, env = self._command(at)
         self._server = ServerProcess(command, {**env, **o.server_env}, self.preset.label if o.server_command is None else "server")
@@ -136,6 +139,7 @@ class OpenAIBackend(LoadedTokenizer):
     def serve(self, admission: Admission, params: GenerationParams, steps: StepLog) -> Iterator[RawGeneration]:
         client = self._require_client()
         steps.source = "not visible: the server schedules requests itself"
+        client.drain()
         self._check_prompt_counts(admission.requests)
         fields = self._fields(params)
         live: dict[int, PreparedRequest] = {}

@@ -11,7 +11,7 @@ own options (``backend.vllm.*`` for vllm serve, ``backend.llama_cpp.*`` for llam
 |----------|-----------|-----------------------------------|-----------------|---------------|----------------------------------|
 | vllm     | token ids | streamed ids (``return_token_ids``) | yes           | yes           | ``python -m vllm.entrypoints.openai.api_server`` |
 | llamacpp | text      | lem's tokenizer on the text (+EOS)  | no            | yes           | ``python -m llama_cpp.server``   |
-| sglang   | token ids | lem's tokenizer on the text (+EOS)  | yes           | yes           | ``python -m sglang.launch_server`` |
+| sglang   | token ids | streamed ids (``return_token_ids``) | yes           | yes           | ``python -m sglang.launch_server`` |
 | trtllm   | token ids | lem's tokenizer on the text (+EOS)  | yes           | yes           | ``trtllm-serve``                 |
 | generic  | text      | lem's tokenizer on the text (+EOS)  | if the server sends it | no   | ``server_command`` only          |
 """
@@ -72,6 +72,7 @@ class ServerPreset:
     check_launch: Callable[[LemConfig], None] = lambda cfg: None
     check_decoding: Callable[[LemConfig], None] = lambda cfg: None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    served_name_is_directory: bool = False  # launched, the server names the model after its directory (no flag to set it)
 
     def version(self) -> str | None:
         for dist in self.packages:
@@ -106,6 +107,14 @@ def _vllm_like_fields(params: GenerationParams, eos_ids: frozenset[int], token_i
         fields["stop_token_ids"] = sorted(eos_ids)
     if token_ids:
         fields["return_token_ids"] = True
+    return fields
+
+
+def _trtllm_fields(params: GenerationParams, eos_ids: frozenset[int], token_ids: bool) -> dict[str, Any]:
+    """TensorRT-LLM's request model forbids unknown fields (HTTP 400): no return_token_ids; top_k 0 is off there."""
+    fields = _vllm_like_fields(params, eos_ids, token_ids=False)
+    if params.do_sample:
+        fields["top_k"] = params.top_k
     return fields
 
 
@@ -222,10 +231,19 @@ def _sglang_command(spec: EngineSpec, at: Launch) -> tuple[list[str], dict[str, 
 
 
 def _trtllm_command(spec: EngineSpec, at: Launch) -> tuple[list[str], dict[str, str]]:
+    """trtllm-serve serves the model under its directory's name (no served-name flag): lem asks for that name."""
+    import tempfile
+
     o = spec.options
+    options: dict[str, Any] = {"kv_cache_config": {"enable_block_reuse": False}}  # every prompt evaluated in full
+    if spec.precision.dtype.value != "auto":
+        options["dtype"] = spec.precision.dtype.value
+    with tempfile.NamedTemporaryFile("w", prefix="lem-trtllm-", suffix=".yaml", delete=False) as f:
+        json.dump(options, f)  # JSON is YAML
     command = [
         "trtllm-serve", at.model_path, "--host", at.host, "--port", str(at.port),
         "--max_seq_len", str(spec.max_input_tokens + spec.max_output_tokens), "--tp_size", str(o.num_gpus),
+        "--extra_llm_api_options", f.name,
     ]
     return command, {}
 
@@ -278,6 +296,10 @@ def _vllm_tokenize(root: str, model: str, text: str) -> tuple[str, dict[str, Any
     return f"{root}/tokenize", {"model": model, "prompt": text, "add_special_tokens": False}
 
 
+def _sglang_tokenize(root: str, model: str, text: str) -> tuple[str, dict[str, Any]]:
+    return f"{root}/v1/tokenize", {"model": model, "prompt": text, "add_special_tokens": False}
+
+
 def _llamacpp_tokenize(root: str, model: str, text: str) -> tuple[str, dict[str, Any]]:
     return f"{root}/extras/tokenize", {"model": model, "input": text}
 
@@ -300,12 +322,15 @@ PRESETS: dict[ServerKind, ServerPreset] = {
         ),
     ),
     ServerKind.sglang: ServerPreset(
-        "SGLang's OpenAI server", token_id_prompts=True, streams_token_ids=False, eos_only_stop=True,
-        packages=("sglang",), fields=_vllm_like_fields, command=_sglang_command, check_launch=_check_sglang_launch,
+        "SGLang's OpenAI server", token_id_prompts=True, streams_token_ids=True, eos_only_stop=True,
+        packages=("sglang",), tokenize=_sglang_tokenize, fields=_vllm_like_fields, command=_sglang_command,
+        check_launch=_check_sglang_launch,
     ),
     ServerKind.trtllm: ServerPreset(
         "TensorRT-LLM's trtllm-serve", token_id_prompts=True, streams_token_ids=False, eos_only_stop=True,
-        packages=("tensorrt_llm",), fields=_vllm_like_fields, command=_trtllm_command, check_launch=_check_trtllm_launch,
+        packages=("tensorrt_llm",), fields=_trtllm_fields, command=_trtllm_command, check_launch=_check_trtllm_launch,
+        served_name_is_directory=True,
+        notes=("serves the model under its directory's name (no served-name flag); the KV block reuse is off (extra_llm_api_options)",),
     ),
     ServerKind.generic: ServerPreset(
         "an OpenAI-compatible server", token_id_prompts=False, streams_token_ids=False, eos_only_stop=False,
