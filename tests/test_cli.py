@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests import lem_cli
 from tests.config.test_bad_config import BAD_CONFIGS
 
-
-def run_lem(args: list[str], cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "lem", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s
-    )
+run_lem = partial(lem_cli.run_lem, timeout_s=120)
 
 
 # A handful of refusals as real commands: exit code 2, one stderr line, no results folder

@@ -12,10 +12,9 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,6 +34,7 @@ from lem.config.schema import BackendName, LemConfig
 from lem.config.types import DType, Quantization, ShardingStrategy
 from lem.errors import ConfigError
 from lem.workload.types import GenerationParams, PreparedRequest
+from tests import lem_cli
 from tests.backends.engine_standins import serve_direct
 
 REPO = Path(__file__).resolve().parents[2]
@@ -288,14 +288,7 @@ def test_a_request_longer_than_the_loaded_context_is_refused() -> None:
 # -- real runs on the embedded GGUF ---------------------------------------------------------------
 
 
-def lem_env() -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
-def run_lem(args: list[str], cwd: Path, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lem", *args], cwd=cwd, env=lem_env(), capture_output=True, text=True, timeout=timeout_s)
+run_lem = partial(lem_cli.run_lem, timeout_s=900)
 
 
 COMMON = [

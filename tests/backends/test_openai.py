@@ -9,9 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from lem.config.checks import validate
 from lem.config.schema import BackendName, LemConfig
 from lem.errors import ConfigError, LemError
 from lem.workload.types import GenerationParams, PreparedRequest
+from tests import lem_cli
 from tests.backends.engine_standins import serve_direct
 from tests.backends.fake_openai import Behaviour, FakeOpenAI
 from tests.tiny_model import EOS_ID, make_tiny_model_dir, make_tokenizer
@@ -225,10 +225,7 @@ def test_a_server_counting_another_model_s_prompt_tokens_is_refused(tiny_dir: Pa
 # -- the command line, against the fake server -------------------------------------------------------------
 
 
-def run_lem(args: list[str], cwd: Path, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "lem", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+run_lem = partial(lem_cli.run_lem, timeout_s=300)
 
 
 def test_a_running_server_is_measured_end_to_end(tiny_dir: Path, tokenizer: Any, tmp_path: Path) -> None:

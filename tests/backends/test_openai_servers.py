@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.lem_cli import lem_env, run_lem
+
 SERVER_EXTRA = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 HAVE_LLAMA_SERVER = all(importlib.util.find_spec(m) is not None for m in SERVER_EXTRA)
 if not HAVE_LLAMA_SERVER and os.environ.get("LEM_REQUIRE_LLAMA_CPP") == "1":
@@ -30,16 +32,6 @@ if not HAVE_VLLM and os.environ.get("LEM_REQUIRE_VLLM") == "1":
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed (make vllm installs its CPU build)")
 
 SMALL = ["experiment=quick", "dataset.n_prompts=4", "dataset.max_output_tokens=8", "energy.idle_baseline_s=0", "run.warmup_batches=1"]
-
-
-def lem_env() -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
-def run_lem(args: list[str], cwd: Path, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lem", *args], cwd=cwd, env=lem_env(), capture_output=True, text=True, timeout=timeout_s)
 
 
 def processes_with(marker: str) -> list[psutil.Process]:

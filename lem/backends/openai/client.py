@@ -169,10 +169,19 @@ class StreamingClient:
 
 def get_json(url: str, headers: dict[str, str], timeout_s: float = 5.0) -> Any:
     """GET ``url`` and parse its JSON; ServerAnswered in one line when it cannot."""
+    return _json_request("GET", url, headers, None, timeout_s)
+
+
+def post_json(url: str, headers: dict[str, str], body: dict[str, Any], timeout_s: float = 30.0) -> Any:
+    """POST ``body`` to ``url`` and parse its JSON answer; ServerAnswered in one line when it cannot."""
+    return _json_request("POST", url, headers, body, timeout_s)
+
+
+def _json_request(method: str, url: str, headers: dict[str, str], body: dict[str, Any] | None, timeout_s: float) -> Any:
     import httpx
 
     try:
-        response = httpx.get(url, headers=headers, timeout=timeout_s)
+        response = httpx.request(method, url, headers=headers, json=body, timeout=timeout_s)
     except httpx.HTTPError as e:
         raise ServerAnswered(f"{url} cannot be reached: {type(e).__name__}: {e}") from e
     if response.status_code != 200:
@@ -183,13 +192,15 @@ def get_json(url: str, headers: dict[str, str], timeout_s: float = 5.0) -> Any:
         raise ServerAnswered(f"{url} did not answer JSON") from e
 
 
-def post_json(url: str, headers: dict[str, str], body: dict[str, Any], timeout_s: float = 30.0) -> Any:
-    import httpx
+def auth_headers(api_key_env: str | None) -> dict[str, str]:
+    """The Bearer token from ``$api_key_env`` (backend.openai.api_key_env), or no header."""
+    import os
 
-    try:
-        response = httpx.post(url, headers=headers, json=body, timeout=timeout_s)
-    except httpx.HTTPError as e:
-        raise ServerAnswered(f"{url} cannot be reached: {type(e).__name__}: {e}") from e
-    if response.status_code != 200:
-        raise ServerAnswered(f"{url} answered HTTP {response.status_code}: {error_message(response.text)}")
-    return response.json()
+    return {"Authorization": f"Bearer {os.environ.get(api_key_env, '')}"} if api_key_env else {}
+
+
+def served_models(base_url: str, headers: dict[str, str], timeout_s: float = 10.0) -> list[str]:
+    """The model names ``GET <base_url>/models`` lists (OpenAI's {"data": [{"id": ...}]})."""
+    answer = get_json(base_url.rstrip("/") + "/models", headers, timeout_s)
+    data = answer.get("data") if isinstance(answer, dict) else None
+    return [str(m.get("id")) for m in (data or []) if isinstance(m, dict)]

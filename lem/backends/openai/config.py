@@ -127,20 +127,27 @@ def check(cfg: LemConfig) -> None:
 
 def _check_server_answers(cfg: LemConfig) -> None:
     """A running server must answer GET /models and serve backend.openai.model, before anything starts."""
-    from lem.backends.openai.client import ServerAnswered, get_json
+    from lem.backends.openai.client import auth_headers
 
     o = cfg.backend.openai
-    url = o.base_url.rstrip("/") + "/models"  # type: ignore[union-attr]
-    headers = {"Authorization": f"Bearer {os.environ[o.api_key_env]}"} if o.api_key_env else {}
+    choose_served_model(o.base_url, auth_headers(o.api_key_env), o.model)  # type: ignore[arg-type]
+
+
+def choose_served_model(base_url: str, headers: dict[str, str], wanted: str | None) -> str:
+    """The served model to ask for: ``wanted`` when the server lists it, else the only one it lists.
+    ConfigError when the server cannot be reached, does not serve ``wanted``, or serves several and none was named."""
+    from lem.backends.openai.client import ServerAnswered, served_models
+
     try:
-        answer = get_json(url, headers, timeout_s=10.0)
+        served = served_models(base_url, headers)
     except ServerAnswered as e:
-        raise ConfigError("backend.openai.base_url", o.base_url, f"a reachable OpenAI-compatible server ({e})") from e
-    served = [str(m.get("id")) for m in (answer.get("data") or []) if isinstance(m, dict)] if isinstance(answer, dict) else []
-    if o.model is not None and o.model not in served:
-        raise ConfigError("backend.openai.model", o.model, f"a model {url} serves: {', '.join(served) or 'none listed'}")
-    if o.model is None and len(served) != 1:
+        raise ConfigError("backend.openai.base_url", base_url, f"a reachable OpenAI-compatible server ({e})") from e
+    url = base_url.rstrip("/") + "/models"
+    if wanted is not None and wanted not in served:
+        raise ConfigError("backend.openai.model", wanted, f"a model {url} serves: {', '.join(served) or 'none listed'}")
+    if wanted is None and len(served) != 1:
         raise ConfigError("backend.openai.model", None, f"one of the models {url} serves: {', '.join(served) or 'none listed'}")
+    return wanted if wanted is not None else served[0]
 
 
 def _check_url(cfg: LemConfig) -> None:

@@ -24,6 +24,7 @@ import logging
 import queue
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from lem.backends.base import (
@@ -37,10 +38,11 @@ from lem.backends.openai.client import (
     ServerAnswered,
     Streamed,
     StreamingClient,
+    auth_headers,
     get_json,
     post_json,
 )
-from lem.backends.openai.config import OutputTokens, PromptFormat
+from lem.backends.openai.config import OutputTokens, PromptFormat, choose_served_model
 from lem.backends.openai.presets import PRESETS, Launch
 from lem.backends.openai.server import ServerProcess, free_port, port_in_use
 from lem.errors import ConfigError, LemError
@@ -87,27 +89,18 @@ class OpenAIBackend(LoadedTokenizer):
     # -- phases -------------------------------------------------------------------------
 
     def init_engine(self) -> None:
-        """lem's tokenizer, then: launched, the server's process started; else the server asked what it serves."""
-        import os
-
+        """lem's tokenizer, then, launched, the server's process started (a running server is asked what it serves in load_model)."""
         from lem.backends.hf_files import load_hf_tokenizer
 
         o = self.spec.options
         self._model_path, self._tokenizer, self._eos_ids = load_hf_tokenizer(self.spec.model)
-        if o.api_key_env:
-            self._headers = {"Authorization": f"Bearer {os.environ.get(o.api_key_env, '')}"}
+        self._headers = auth_headers(o.api_key_env)
         if not o.launch:
-            try:
-                get_json(self._url("/models"), self._headers)
-            except ServerAnswered as e:
-                raise ConfigError("backend.openai.base_url", o.base_url, f"a reachable OpenAI-compatible server ({e})") from e
             return
         port = o.port or free_port(HOST)
         if port_in_use(HOST, port):
             raise ConfigError("backend.openai.port", port, f"a free port (something already listens on {HOST}:{port})")
         self._base_url = f"http://{HOST}:{port}/v1"
-        from pathlib import Path
-
         default_name = Path(self._model_path).name if self.preset.served_name_is_directory and o.server_command is None else self.spec.model.name_or_path
         self._served_model = o.model or default_name
         at = Launch(HOST, port, self._served_model, self._model_path, sys.executable)
@@ -120,16 +113,7 @@ class OpenAIBackend(LoadedTokenizer):
         o = self.spec.options
         if self._server is not None:
             self._server.wait_ready(self._answers, o.startup_timeout_s, f"GET {self._url('/models')}")
-        served = [str(m.get("id")) for m in (get_json(self._url("/models"), self._headers).get("data") or []) if isinstance(m, dict)]
-        if o.model is not None or self._server is not None:
-            wanted = self._served_model
-            if wanted not in served:
-                key = "backend.openai.model"
-                raise ConfigError(key, wanted, f"a model {self._url('/models')} serves: {', '.join(served) or 'none listed'}")
-        elif len(served) == 1:
-            self._served_model = served[0]
-        else:
-            raise ConfigError("backend.openai.model", None, f"one of the models {self._url('/models')} serves: {', '.join(served) or 'none listed'}")
+        self._served_model = choose_served_model(self._base_url, self._headers, self._served_model)
         self._server_version = self._version()
         self._client = StreamingClient(self._base_url, self._headers, o.request_timeout_s, MAX_CONNECTIONS)
 

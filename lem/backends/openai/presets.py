@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -178,8 +178,6 @@ def cli_flags(args: dict[str, Any]) -> list[str]:
 
 def _vllm_command(spec: EngineSpec, at: Launch) -> tuple[list[str], dict[str, str]]:
     """``vllm serve`` with the engine arguments lem's embedded vLLM would build from ``backend.vllm.*``."""
-    from dataclasses import replace
-
     from lem.backends.vllm.config import installed_vllm_build
     from lem.backends.vllm.engine import vllm_cpu_environment, vllm_engine_args
 
@@ -207,7 +205,7 @@ def _llamacpp_command(spec: EngineSpec, at: Launch) -> tuple[list[str], dict[str
     command = [
         at.python, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", at.served_model,
         "--host", at.host, "--port", str(at.port),
-        "--n_ctx", str(context_tokens(_with_options(spec, lc))), "--n_batch", str(lc.n_batch),
+        "--n_ctx", str(context_tokens(replace(spec, options=lc))), "--n_batch", str(lc.n_batch),
         "--n_gpu_layers", str(lc.n_gpu_layers), "--seed", str(spec.seed), "--flash_attn", str(lc.flash_attn),
         # Its defaults would not be equal terms: logits for every prompt position (slower prefill), and a
         # new request interrupting the one streaming (lem's concurrency would cut requests short).
@@ -245,12 +243,6 @@ def _trtllm_command(spec: EngineSpec, at: Launch) -> tuple[list[str], dict[str, 
         "--extra_llm_api_options", f.name,
     ]
     return command, {}
-
-
-def _with_options(spec: EngineSpec, options: Any) -> EngineSpec:
-    from dataclasses import replace
-
-    return replace(spec, options=options)
 
 
 # -- launch checks: the server's package, and its engine's own settings ---------------------------

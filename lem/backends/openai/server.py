@@ -118,7 +118,8 @@ class ServerProcess:
 
         process, self.process = self.process, None
         try:
-            family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+            leader = psutil.Process(process.pid)
+            family = [leader, *leader.children(recursive=True)]
         except psutil.Error:
             family = []
         if process.poll() is None:
