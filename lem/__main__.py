@@ -29,6 +29,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("lem.tracking.export", "lem runs as CSV, from the MLflow store or from result folders"),
     "ui": ("lem.tracking.ui", "the MLflow UI on 127.0.0.1 over this project's runs"),
     "model": ("lem.models.cli", "prepare the embedded model's cache and print its directory"),
+    "plan": ("lem.study.plan_cli", "the jobs a -m sweep would run (refused, duplicates, order, time) before it runs"),
+    "resume": ("lem.study.resume_cli", "continue an interrupted -m study in its sweep folder"),
+    "doctor": ("lem.doctor.cli", "what this machine can measure (NVML, RAPL, CodeCarbon, engines, tracking) and fixes"),
 }
 
 
@@ -61,7 +64,7 @@ def _task(cfg: Any) -> float | None:
             print(f"lem: error: {error}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
         current().refused_jobs.append((run_dir.name, str(error)))
-        if "BasicSweeper" in str(hydra_cfg.sweeper.get("_target_", "")):
+        if any(name in str(hydra_cfg.sweeper.get("_target_", "")) for name in ("BasicSweeper", "LemStudySweeper")):
             return None  # the sweep goes on; lem names every refusal in one line when it ends (run)
         raise error from exc  # the Optuna sweeper marks the trial failed
 
@@ -156,7 +159,7 @@ def _end_of_sweep(session: Any) -> None:
     if failed:
         print(f"lem: {len(failed)} job(s) of the sweep failed: {', '.join(failed)}", file=sys.stderr)
     if session.refused_jobs:
-        sys.exit(EXIT_USER_ERROR if len(refused) >= session.jobs_started else 1)
+        sys.exit(EXIT_USER_ERROR if len(refused) >= (session.study_points or session.jobs_started) else 1)
     if failed or session.failure_stops:  # failure_stops: an Optuna study resumed past its failure budget
         sys.exit(1)
 

@@ -38,6 +38,9 @@ class Session:
     # Jobs of this process's sweep that reached the task function, and those refused by validation (job, reason).
     jobs_started: int = 0
     refused_jobs: list[tuple[str, str]] = field(default_factory=list)
+    # A -m study (lem.study): the plan and state its callback prepared for its sweeper, and how many points it has.
+    study: Any = None
+    study_points: int | None = None
 
     def record_failed_job(self, job: str) -> None:
         if job not in self.failed_jobs:
@@ -50,7 +53,7 @@ class Session:
         by_reason: dict[str, list[str]] = {}
         for job, reason in self.refused_jobs:
             by_reason.setdefault(reason, []).append(job)
-        n, m = len(self.refused_jobs), max(self.jobs_started, len(self.refused_jobs))
+        n, m = len(self.refused_jobs), self.study_points or max(self.jobs_started, len(self.refused_jobs))
         reasons = "; ".join(f"{reason} (job{'s' if len(jobs) > 1 else ''} {', '.join(jobs)})" for reason, jobs in by_reason.items())
         return f"{n} of {m} jobs refused: {reasons}"
 

@@ -47,7 +47,7 @@ def validate(cfg: LemConfig) -> list[str]:
     """
     from lem.config.inputs import check_inputs
 
-    for check in (check_numbers, check_dataset, check_batching, check_decoder, check_traffic, check_sharding, check_energy, check_run, check_backend, check_precision, check_gpu, check_model):
+    for check in (check_numbers, check_dataset, check_batching, check_decoder, check_traffic, check_sharding, check_energy, check_run, check_study, check_backend, check_precision, check_gpu, check_model):
         check(cfg)
     warnings = check_inputs(cfg)
     for warning in warnings:
@@ -199,6 +199,16 @@ def check_run(cfg: LemConfig) -> None:
         raise ConfigError("run.warmup_min_s", r.warmup_min_s, f"a duration <= run.warmup_max_s={r.warmup_max_s:g}")
     if r.job_timeout_s is not None:
         in_range("run.job_timeout_s", r.job_timeout_s, 0.0, 30 * 86_400.0, low_open=True)
+
+
+def check_study(cfg: LemConfig) -> None:
+    s = cfg.study
+    for key in ("gap_s", "cycle_gap_s", "idle_baseline_s", "idle_power_band_pct", "idle_power_band_w", "idle_temp_band_c"):
+        in_range(f"study.{key}", getattr(s, key), 0.0, 7 * 86_400.0)
+    in_range("study.idle_timeout_s", s.idle_timeout_s, 0.0, 7 * 86_400.0, low_open=True)
+    at_least("study.max_consecutive_failures", s.max_consecutive_failures, 0)
+    if s.wait_for_idle and s.idle_baseline_s <= 0:
+        raise ConfigError("study.idle_baseline_s", s.idle_baseline_s, "a duration > 0 with study.wait_for_idle=true (the band is around it)")
 
 
 def check_backend(cfg: LemConfig) -> None:

@@ -31,6 +31,8 @@ from lem.config.types import (
     ReportFormat,
     ReportProgress,
     ShardingStrategy,
+    StudyOrder,
+    StudyResume,
 )
 
 # backend=<name>: one option per registered engine.
@@ -237,6 +239,28 @@ class RunConfig:
 
 
 @dataclass
+class StudyConfig:
+    """How a ``-m`` sweep runs as a study (lem.study): its order, the pauses between runs, resuming, when to stop.
+    A single run ignores it; nothing here changes what a run measures, so it is not part of a run's identity."""
+
+    order: StudyOrder = StudyOrder.grouped
+    seed: int = 0  # the shuffled and latin_square orders are drawn from this seed
+    gap_s: float = 0.0  # pause before each run of another configuration (not in any measured phase)
+    cycle_gap_s: float = 0.0  # pause between rounds of cycles (grouped: between a job's cycles, as run.cycle_cooldown_s)
+    # Before each run, wait until every device's power and temperature are back within a band of the idle
+    # baseline measured when the study started (NVML GPUs, RAPL, temperature sensors), at most idle_timeout_s.
+    wait_for_idle: bool = False
+    idle_baseline_s: float = 10.0  # how long the study's idle baseline is measured, before its first run
+    idle_power_band_pct: float = 10.0  # "idle": power at most this much above the baseline (and idle_power_band_w)
+    idle_power_band_w: float = 5.0  # the smallest power band, W (a few watts of noise on a low idle)
+    idle_temp_band_c: float = 3.0  # "idle": temperature at most this many degrees C above the baseline
+    idle_timeout_s: float = 600.0  # wait at most this long, then run anyway (recorded as not reached)
+    # Stop the study after this many runs in a row failed (0: never); the rest stay pending and a resume runs them.
+    max_consecutive_failures: int = 3
+    resume: StudyResume = StudyResume.auto
+
+
+@dataclass
 class LemConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -254,6 +278,7 @@ class LemConfig:
     gpu: GpuControlConfig = field(default_factory=GpuControlConfig)
     slo: SloConfig = field(default_factory=SloConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     # The measured generation phase runs this many times on the loaded engine; the summary gives
     # each headline metric's mean, standard deviation and 95 % confidence interval over cycles.
     cycles: int = 1

@@ -96,3 +96,17 @@ class RecordTokenIds(Enum):
     auto = "auto"  # on when dataset.n_prompts x cycles x dataset.max_output_tokens <= 1,000,000 tokens
     on = "on"  # every request record carries its output token ids
     off = "off"  # output_token_ids is null in every request record
+
+
+class StudyOrder(Enum):
+    """The order a ``-m`` sweep's configurations and cycles run in (``lem.study.order``)."""
+
+    grouped = "grouped"  # configurations in the sweep's order, each job running all its cycles back to back
+    interleaved = "interleaved"  # round-robin: cycle 1 of every configuration, then cycle 2 of every one, ...
+    shuffled = "shuffled"  # every (configuration, cycle) run in a seeded random order
+    latin_square = "latin_square"  # each round a row of a seeded Williams square: every configuration in every position
+
+
+class StudyResume(Enum):
+    auto = "auto"  # continue an unfinished study of the same command (same overrides), else start a new one
+    never = "never"  # always a new study folder

@@ -9,9 +9,7 @@ reported them) and says so in its header (``engine_reused``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from enum import Enum
 from typing import Any
 
 from lem.backends.base import EngineSpec, unload_quietly
@@ -20,17 +18,7 @@ from lem.config.schema import LemConfig
 
 def engine_key(cfg: LemConfig) -> str:
     """Everything that goes into constructing the engine: model, backend, precision, sharding, seed."""
-
-    def plain(obj: Any) -> Any:
-        if dataclasses.is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        if isinstance(obj, Enum):
-            return obj.value
-        if isinstance(obj, dict):
-            return {str(k): plain(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [plain(v) for v in obj]
-        return obj
+    from lem.study.identity import plain_values as plain
 
     parts = {
         "model": plain(cfg.model),

@@ -76,9 +76,15 @@ def mean_std_ci95(values: list[float], *, positive: bool = False) -> dict[str, f
 
 def cycles_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[str, Any] | None:
     """Per-cycle headline metrics and their statistics; None for a single-cycle run."""
-    cycles = sorted({int(ph["cycle"]) for p in procs for ph in p.phases if ph.get("name") == "generation" and ph.get("cycle") is not None})
-    if len(cycles) < 2:
+    per_cycle = cycle_rows(procs)
+    if len(per_cycle) < 2:
         return None
+    return cycle_statistics(per_cycle, warnings)
+
+
+def cycle_rows(procs: list[RawProcessRecords]) -> list[dict[str, Any]]:
+    """Each cycle's headline metrics (one row per generation cycle in the records)."""
+    cycles = sorted({int(ph["cycle"]) for p in procs for ph in p.phases if ph.get("name") == "generation" and ph.get("cycle") is not None})
     offsets = clock_offsets(procs)
     per_cycle = []
     for c in cycles:
@@ -116,19 +122,25 @@ def cycles_section(procs: list[RawProcessRecords], warnings: list[str]) -> dict[
                 "e2e_ms_p50": (lat.get("e2e_ms") or {}).get("p50"),
             }
         )
+    return per_cycle
+
+
+def cycle_statistics(per_cycle: list[dict[str, Any]], warnings: list[str]) -> dict[str, Any]:
+    """Mean, spread and 95 % CI of each headline metric over the cycles' rows (with the warnings they call for)."""
     stats: dict[str, Any] = defaultdict(dict)
     for metric in HEADLINE:
         values = [row[metric] for row in per_cycle]
         # A metric missing in any cycle has no honest mean over the cycles.
         ok = all(v is not None for v in values)
         stats[metric] = mean_std_ci95([float(v) for v in values] if ok else [], positive=metric in POSITIVE)
+    n = len(per_cycle)
     cv = stats["j_per_output_token"].get("cv")
     if cv is not None and cv > 0.05:
-        warnings.append(f"J/token varies by {cv:.1%} (CV) across {len(cycles)} cycles: quote the confidence interval, not one cycle")
+        warnings.append(f"J/token varies by {cv:.1%} (CV) across {n} cycles: quote the confidence interval, not one cycle")
     clamped = [m for m in HEADLINE if stats[m].get("ci95_low_clamped")]
     if clamped:
         warnings.append(
             f"95 % CI lower bound of {', '.join(clamped)} clamped at 0 (the t interval reached below 0): "
-            f"{len(cycles)} cycles cannot bound these; run more cycles"
+            f"{n} cycles cannot bound these; run more cycles"
         )
-    return {"n_cycles": len(cycles), "per_cycle": per_cycle, "stats": dict(stats)}
+    return {"n_cycles": n, "per_cycle": per_cycle, "stats": dict(stats)}

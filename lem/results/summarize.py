@@ -54,12 +54,23 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 def compute_summary(run_dir: str | os.PathLike[str], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The summary of ``run_dir`` from its raw records, without writing anything."""
     processes = read_run(run_dir)
-    return summarize(processes, dict(config) if config is not None else load_config(run_dir))
+    return _with_study(summarize(processes, dict(config) if config is not None else load_config(run_dir)), run_dir)
+
+
+def _with_study(summary: dict[str, Any], run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``summary.study``: where the run stood in its study (``study_visit.json``, lem.study.state), when it ran in one."""
+    from lem.study.visit import read_visit_file
+
+    visit = read_visit_file(Path(run_dir))
+    if visit is not None:
+        summary["study"] = visit
+    return summary
 
 
 def write_summary(run_dir: str | os.PathLike[str], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Recompute ``<run_dir>/summary.json`` and ``request_energy.jsonl`` from the raw records (atomically) and return the summary."""
     summary, request_energy = summarize_with_request_energy(read_run(run_dir), dict(config) if config is not None else load_config(run_dir))
+    summary = _with_study(summary, run_dir)
     write_jsonl_atomic(Path(run_dir) / REQUEST_ENERGY_FILE, request_energy)
     write_json_atomic(Path(run_dir) / SUMMARY_FILE, summary)
     return summary

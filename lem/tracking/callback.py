@@ -67,6 +67,31 @@ def install_log_redaction() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def _log_study_file(target: Any, parent_run_id: str, sweep_dir: Path | None) -> None:
+    """The study's plan and runs (``study.json``) as the parent's ``sweep/study.json``."""
+    from lem.study.state import STUDY_FILE
+    from lem.tracking.store import connect
+
+    if sweep_dir is not None and (sweep_dir / STUDY_FILE).is_file():
+        client, _ = connect(target)
+        client.log_artifact(parent_run_id, str(sweep_dir / STUDY_FILE), "sweep")
+
+
+def _resumed_parent(target: Any, sweep_dir: Path | None) -> tuple[str, str] | None:
+    """(parent run id, sweep id) of the study this sweep continues, when its parent is in this store; else None."""
+    from lem.session import current
+    from lem.tracking.sweep import read_sweep_file, reopen_parent
+
+    study = current().study
+    if sweep_dir is None or study is None or not study.resumed:
+        return None
+    recorded = read_sweep_file(sweep_dir) or {}
+    run_id, sweep_id = recorded.get("parent_run_id"), recorded.get("sweep_id")
+    if not run_id or not sweep_id or not reopen_parent(target, str(run_id)):
+        return None
+    return str(run_id), str(sweep_id)
+
+
 class LemMlflowCallback(Callback):
     def __init__(self) -> None:
         install_log_redaction()
@@ -97,9 +122,13 @@ class LemMlflowCallback(Callback):
         self.sweep_id = uuid.uuid4().hex[:12]
         overrides = list(config.hydra.overrides.task) if config.hydra.overrides.task else []
         try:
-            self.parent_run_id = create_parent(
-                self.target, sweep_id=self.sweep_id, overrides=overrides, config=plain_config(config), sweep_dir=sweep_dir
-            )
+            resumed = _resumed_parent(self.target, sweep_dir)  # a study continued: its parent run goes on
+            if resumed is not None:
+                self.parent_run_id, self.sweep_id = resumed
+            else:
+                self.parent_run_id = create_parent(
+                    self.target, sweep_id=self.sweep_id, overrides=overrides, config=plain_config(config), sweep_dir=sweep_dir
+                )
         except TrackingUnavailable as exc:
             warn_unavailable(self.target, str(exc), sweep_dir)
             return
@@ -170,6 +199,7 @@ class LemMlflowCallback(Callback):
             if refusals:
                 set_parent_tag(self.target, self.parent_run_id, "lem.refused_jobs", refusals)
             rows = finalize_parent(self.target, self.parent_run_id, interrupted=not ended)
+            _log_study_file(self.target, self.parent_run_id, sweep_dir or self.sweep_dir)
         except Exception as exc:  # noqa: BLE001
             warn_logging_failed(sweep_dir or self.sweep_dir or "the sweep", exc, self.target)
             return

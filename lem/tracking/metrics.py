@@ -226,6 +226,10 @@ def summary_metrics(summary: Mapping[str, Any] | None, processes: Iterable[Any] 
         for bound in ("ci95_low", "ci95_high"):
             _put(out, metric_name("cycles", f"{metric}_{bound}"), (stats.get(metric) or {}).get(bound))
 
+    pause = (summary.get("study") or {}).get("pause") or {}  # the pause before this run of a study: in no measured phase
+    _put(out, "study/gap_slept_s", pause.get("slept_s"))
+    _put(out, "study/idle_wait_s", (pause.get("idle_gate") or {}).get("waited_s"))
+
     out.update(device_metrics(processes))
     _memory_per_device(summary.get("memory") or {}, out, processes)
     return out

@@ -152,6 +152,10 @@ def run_tags(folder: RunFolder, *, sweep_id: str | None = None, job_num: int | N
         SWEEP_ID_TAG: sweep_id,
         "lem.job_num": job_num if job_num is not None else folder.job_num,
     }
+    study = summary.get("study") or {}
+    if study:  # where the run stood in its study (lem.study): its configuration, which of its cycles, when
+        optional.update({"lem.study.point": study.get("point"), "lem.study.cycle": study.get("cycle"),
+                         "lem.study.position": study.get("position"), "lem.study.order": study.get("order")})
     tags.update({k: str(v) for k, v in optional.items() if v is not None and v != ""})
     if live:  # a later sync cannot know which commit produced the run
         commit = git_commit()

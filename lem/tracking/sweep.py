@@ -187,12 +187,42 @@ def parse_overrides(text: str) -> dict[str, str]:
     return out
 
 
+SUPERSEDED_TAG = "lem.superseded"  # a study job's earlier attempt, rerun by a resume: not one of the sweep's jobs
+
+
+def mark_superseded(target: Target, parent_run_id: str, old_dir: Path, new_dir: Path) -> None:
+    """Tag the child logged from ``old_dir`` (an attempt moved to ``new_dir`` before its rerun) as superseded."""
+    client, experiment_id = connect(target)
+    query = f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`lem.run_dir` = '{old_dir.resolve()}'"
+    for run in client.search_runs([experiment_id], filter_string=query, max_results=10):
+        client.set_tag(run.info.run_id, SUPERSEDED_TAG, "true")
+        client.set_tag(run.info.run_id, "lem.run_dir", str(new_dir.resolve()))
+
+
+def reopen_parent(target: Target, parent_run_id: str) -> bool:
+    """Continue a resumed study's parent run: RUNNING again, owned by this process. False when it is gone."""
+    client, _ = connect(target)
+    try:
+        run = client.get_run(parent_run_id)
+    except Exception:  # noqa: BLE001 - deleted, or another store
+        return False
+    if run.info.lifecycle_stage != "active":
+        return False
+    client.update_run(parent_run_id, status="RUNNING")
+    client.set_tag(parent_run_id, OWNER_PID_TAG, str(os.getpid()))
+    client.set_tag(parent_run_id, OWNER_HOST_TAG, socket.gethostname())
+    client.set_tag(parent_run_id, "lem.resumed", "true")
+    return True
+
+
 def children_rows(target: Target, parent_run_id: str) -> list[dict[str, Any]]:
     client, experiment_id = connect(target)
     runs = search_all_runs(client, experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
     rows = []
     for r in runs:
         tags = r.data.tags
+        if tags.get(SUPERSEDED_TAG) == "true":
+            continue
         num = tags.get("lem.job_num")
         row: dict[str, Any] = {
             "job_num": int(num) if num and num.isdigit() else None,

@@ -59,7 +59,7 @@ def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
 
 
 def stderr_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("lem: study:")]  # the study's plan: information
 
 
 def one_line(result: subprocess.CompletedProcess[str] | tuple[int, str], code: int) -> str:
