@@ -82,9 +82,28 @@ def plan_table(plan: Plan) -> str:
     return "\n".join(lines + [counts_line(plan), estimate_line(plan)])
 
 
+POOLED_COLUMNS = ("j_per_output_token", "output_tokens_per_s", "mean_power_w", "ttft_ms_p99", "tpot_ms_p50")
+
+
+def pooled_rows(configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per configuration (``sweep/configs.csv``): its cycles, jobs and each metric's mean and CI."""
+    rows = []
+    for c in configs:
+        row: dict[str, Any] = {"job": c["point"], "overrides": c["overrides"], "n_cycles": c["n_cycles"],
+                               "jobs": " ".join(map(str, c["jobs"]))}
+        for metric in POOLED_COLUMNS:
+            s = (c.get("stats") or {}).get(metric) or {}
+            row.update({f"{metric}_mean": s.get("mean"), f"{metric}_ci95_low": s.get("ci95_low"), f"{metric}_ci95_high": s.get("ci95_high")})
+        rows.append(row)
+    return rows
+
+
 def pooled_table(configs: list[dict[str, Any]]) -> str:
-    """Each configuration's cycles pooled across the study: J/token and tokens/s, mean and 95 % CI."""
-    lines = ["lem: each configuration's cycles, pooled across the study (mean [95 % CI]):"]
+    """Each configuration's cycles pooled across the study: J/token and tokens/s, mean and 95 % CI; * the least J/token."""
+    means = {c["point"]: ((c.get("stats") or {}).get("j_per_output_token") or {}).get("mean") for c in configs}
+    known = {k: v for k, v in means.items() if v is not None}
+    best = min(known, key=known.__getitem__) if known else None
+    lines = ["lem: each configuration's cycles, pooled across the study (mean [95 % CI]; * least J/token):"]
     for c in configs:
         stats = c.get("stats") or {}
         parts = []
@@ -94,6 +113,7 @@ def pooled_table(configs: list[dict[str, Any]]) -> str:
                 continue
             ci = f" [{fmt.format(s['ci95_low'])}, {fmt.format(s['ci95_high'])}]" if s.get("ci95_low") is not None else ""
             parts.append(f"{label} {fmt.format(s['mean'])}{ci}")
-        lines.append(f"  job {c['point']} ({c['overrides']}): {c['n_cycles']} cycle(s), jobs {','.join(map(str, c['jobs']))}: "
+        mark = "*" if c["point"] == best else " "
+        lines.append(f" {mark}job {c['point']} ({c['overrides']}): {c['n_cycles']} cycle(s), jobs {','.join(map(str, c['jobs']))}: "
                      + (", ".join(parts) or "no metrics"))
     return "\n".join(lines)

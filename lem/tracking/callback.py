@@ -72,9 +72,27 @@ def _log_study_file(target: Any, parent_run_id: str, sweep_dir: Path | None) -> 
     from lem.study.state import STUDY_FILE
     from lem.tracking.store import connect
 
-    if sweep_dir is not None and (sweep_dir / STUDY_FILE).is_file():
-        client, _ = connect(target)
-        client.log_artifact(parent_run_id, str(sweep_dir / STUDY_FILE), "sweep")
+    if sweep_dir is None or not (sweep_dir / STUDY_FILE).is_file():
+        return
+    client, _ = connect(target)
+    client.log_artifact(parent_run_id, str(sweep_dir / STUDY_FILE), "sweep")
+    from lem.study.state import read_study
+
+    configs = (read_study(sweep_dir) or {}).get("configs")
+    if configs:  # spread cycles: each configuration's cycles pooled, as sweep/configs.csv
+        import csv
+        import tempfile
+
+        from lem.study.report import pooled_rows
+
+        rows = pooled_rows(configs)
+        with tempfile.TemporaryDirectory(prefix="lem-study-") as tmp:
+            path = Path(tmp) / "configs.csv"
+            with open(path, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+            client.log_artifact(parent_run_id, str(path), "sweep")
 
 
 def _resumed_parent(target: Any, sweep_dir: Path | None) -> tuple[str, str] | None:

@@ -70,6 +70,12 @@ def test_interleaved_cycles_run_as_their_own_jobs_and_pool_per_configuration(tin
     assert sum(r["output_tokens"] for r in pooled[1]["per_cycle"]) <= 2 * 2 * 5
     assert "each configuration's cycles, pooled across the study" in result.stderr
     parent, children = mlflow_runs(uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    assert {"sweep/study.json", "sweep/configs.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
+    table = Path(client.download_artifacts(parent.info.run_id, "sweep/configs.csv", str(tmp_path))).read_text().splitlines()
+    assert table[0].startswith("job,overrides,n_cycles,jobs,j_per_output_token_mean") and len(table) == 3
     assert sorted(c.data.tags["lem.study.position"] for c in children) == ["0", "1", "2", "3"]
     assert {c.data.tags["lem.study.cycle"] for c in children} == {"0", "1"}
 
