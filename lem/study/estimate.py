@@ -64,7 +64,7 @@ def _timing(run_dir: Path) -> tuple[str, float, float] | None:
         setup = sum(float(p.get("wall_s") or 0.0) for name, p in phases.items() if name not in GENERATION_PHASES and isinstance(p, dict))
         generation = sum(float(p.get("wall_s") or 0.0) for name, p in phases.items() if name in GENERATION_PHASES and isinstance(p, dict))
         cycles = int((summary.get("cycles") or {}).get("n_cycles") or 1)
-        key = _settings_key(run_dir / "resolved_config.yaml")
+        key = _settings_key(run_dir)
     except (OSError, ValueError, TypeError, AttributeError):
         return None
     if key is None or generation <= 0:
@@ -72,17 +72,14 @@ def _timing(run_dir: Path) -> tuple[str, float, float] | None:
     return key, setup, generation / cycles
 
 
-def _settings_key(path: Path) -> str | None:
-    """The settings key of a run's saved config; None when it no longer fits lem's schema."""
+def _settings_key(run_dir: Path) -> str | None:
+    """The settings key of a run's saved config; None when it has none or it no longer fits lem's schema."""
     try:
-        from omegaconf import OmegaConf
-
         from lem.config.schema import to_dataclass
+        from lem.results.summarize import load_config
         from lem.study.identity import settings_key
 
-        node = OmegaConf.load(path)
-        if "hydra" in node:
-            node.pop("hydra")
-        return settings_key(to_dataclass(node))
+        config = load_config(run_dir)
+        return None if config is None else settings_key(to_dataclass(config))
     except Exception:  # noqa: BLE001 - an old run's config: no estimate from it
         return None

@@ -48,9 +48,7 @@ def plan_study(config: Any, config_loader: Any) -> tuple[Plan, Any]:
     from lem.study.estimate import Estimator
     from lem.study.plan import make_plan
 
-    master = OmegaConf.to_container(config, resolve=False)
-    master.pop("hydra", None)
-    settings = to_dataclass({"study": master.get("study") or {}}).study
+    settings = to_dataclass({"study": OmegaConf.to_container(config.study, resolve=True)}).study
     check_study(LemConfig(study=settings))
     # As typed: an interpolation (``${oc.env:...}``) stays one, so a resume compares what it resolves to now.
     arguments = [str(a) for a in OmegaConf.to_container(config.hydra.overrides.task, resolve=False) or []]

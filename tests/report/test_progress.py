@@ -15,10 +15,10 @@ from lem.report.progress import LiveProgress, Progress, reporter, status
 from lem.report.sweep_label import (
     ENV_SWEEP_SIZE,
     ENV_SWEEP_UNIT,
-    SweepSizeCallback,
-    basic_sweep_size,
     sweep_label,
+    sweep_size,
 )
+from lem.study.plan import expand
 
 
 class FakeTerminal(io.StringIO):
@@ -131,9 +131,9 @@ def test_a_bad_progress_value_is_refused_like_other_enums() -> None:
         compose_config(["report.progress=sometimes"])
 
 
-def test_basic_sweep_size_counts_the_cartesian_product() -> None:
-    assert basic_sweep_size(["batching.batch_size=1,2,4", "dataset.n_prompts=8,16", "cycles=2"]) == 6
-    assert basic_sweep_size(["cycles=2"], {"dataset.n_prompts": "8,16"}) == 2
+def test_a_sweep_expands_to_the_cartesian_product() -> None:
+    assert len(expand(["batching.batch_size=1,2,4", "dataset.n_prompts=8,16", "cycles=2"])) == 6
+    assert len(expand(["cycles=2"], {"dataset.n_prompts": "8,16"})) == 2
 
 
 def test_sweep_label_names_the_job_and_the_total(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,14 +144,10 @@ def test_sweep_label_names_the_job_and_the_total(monkeypatch: pytest.MonkeyPatch
     cfg = OmegaConf.create({"hydra": {"mode": RunMode.MULTIRUN, "job": {"num": 1}}})
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: cfg.hydra))
-    callback = SweepSizeCallback()
-    sweep = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None},
-                                        "overrides": {"task": ["batching.batch_size=1,2,4", "dataset.n_prompts=8,16"]}}})
     monkeypatch.delenv(ENV_SWEEP_SIZE, raising=False)
     monkeypatch.delenv(ENV_SWEEP_UNIT, raising=False)
-    callback.on_multirun_start(sweep)
-    assert sweep_label() == "job 2 of 6"
-    callback.on_multirun_end(sweep)
+    with sweep_size("job", len(expand(["batching.batch_size=1,2,4", "dataset.n_prompts=8,16"]))):  # as the study sweeper launches
+        assert sweep_label() == "job 2 of 6"
     assert sweep_label() == "job 2"  # the sweep's size is gone with it
     monkeypatch.setenv(ENV_SWEEP_UNIT, "trial")
     monkeypatch.setenv(ENV_SWEEP_SIZE, "1")
